@@ -1,0 +1,3 @@
+from svcnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Helpers every component may use: logging set-up, health and metrics endpoints."""
