@@ -1,0 +1,2 @@
+"""The control plane: apiserver (HTTP), registry (kinds, defaulting, validation,
+allocation, patching), storage (SQLite now, etcd later) and controllers."""
