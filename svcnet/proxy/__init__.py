@@ -1,0 +1,1 @@
+"""svcnet proxy: the kube-proxy equivalent (see README.md in this folder)."""
