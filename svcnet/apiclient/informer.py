@@ -22,6 +22,7 @@ Contract (after client-go's SharedInformer):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 from typing import Callable, Iterable, Protocol
 
@@ -124,7 +125,7 @@ class Informer:
     def list(self) -> list[Obj]:
         return list(self._items.values())
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:
         return list(self._items)
 
     def get(self, key: str) -> Obj | None:
@@ -133,7 +134,7 @@ class Informer:
     def get_by(self, namespace: str, name: str) -> Obj | None:
         return self._items.get(f"{namespace}/{name}" if namespace else name)
 
-    def by_index(self, index: str, value: str) -> list[Obj]:
+    def by_index(self, index: str, value: str) -> builtins.list[Obj]:
         keys = self._indices[index].get(value, ())
         return [self._items[k] for k in sorted(keys)]
 
