@@ -1,0 +1,183 @@
+"""`svcnet apiserver`: the Kubernetes-compatible API server over HTTPS.
+
+    svcnet apiserver --data-dir DIR --listen HOST:PORT --kubeconfig-out FILE
+        [--service-cidr 10.96.0.0/12] [--node-port-range 30000-32767] [--storage sqlite]
+        [--advertise-address IP]
+
+On start it opens the store in DIR, creates or reuses the CA, serving certificate and
+tokens under DIR/pki, binds HOST:PORT (port 0 picks a free port), bootstraps the
+default namespaces and the `kubernetes` Service pointing at itself, and then writes two
+kubeconfigs: FILE (admin token, context `svcnet`) and FILE's `-readonly` sibling
+(`kubeconfig` -> `kubeconfig-readonly`, `admin.yaml` -> `admin-readonly.yaml`) with the
+read-only agent token. The kubeconfigs are written last, so a file that appears means
+the server is ready. SIGTERM/SIGINT end watches, stop serving and close the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from svcnet.common.endpoints import parse_host_port
+from svcnet.common.log_setup import setup_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:6443"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="directory for the store, certificates and tokens (created if missing)")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                        help=f"address to serve HTTPS on; port 0 picks a free port (default {DEFAULT_LISTEN})")
+    parser.add_argument("--kubeconfig-out", type=Path, metavar="FILE",
+                        help="write an admin kubeconfig here, and a read-only one beside it "
+                             "(default DATA_DIR/admin.kubeconfig)")
+    parser.add_argument("--service-cidr", default="10.96.0.0/12",
+                        help="Service ClusterIP range (kube-apiserver --service-cluster-ip-range)")
+    parser.add_argument("--node-port-range", default="30000-32767",
+                        help="NodePort range (kube-apiserver --service-node-port-range)")
+    parser.add_argument("--storage", default="sqlite", metavar="sqlite|etcd://HOST:PORT,…",
+                        help="storage backend (default sqlite in DATA_DIR)")
+    parser.add_argument("--advertise-address", default="",
+                        help="IP the `kubernetes` Service's EndpointSlice points at "
+                             "(default: the listen IP, or this host's primary IP when listening on all)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug)")
+
+
+def readonly_path(path: Path) -> Path:
+    """FILE's read-only sibling: `admin.kubeconfig` -> `admin-readonly.kubeconfig`."""
+    return path.with_name(f"{path.stem}-readonly{path.suffix}")
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def primary_ip() -> str:
+    """The source address of the default route (no packet is sent), else loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only selects a route
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, context: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": "svcnet", "cluster": {
+            "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": "svcnet", "user": user,
+                                                   "namespace": "default"}}],
+        "current-context": context,
+    }
+
+
+def write_private(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _url_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+async def serve(args: argparse.Namespace) -> int:
+    # Imported here: `svcnet apiserver --help` must not pay for the registry and schemas.
+    from aiohttp import web
+
+    from svcnet.controlplane.apiserver.app import build_app, state_of
+    from svcnet.controlplane.apiserver.auth import load_or_create_tokens
+    from svcnet.controlplane.apiserver.certs import ensure_pki
+    from svcnet.controlplane.registry import schema
+    from svcnet.controlplane.registry.store import Registry
+
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    host, port = parse_host_port(args.listen)
+    if host == "localhost":
+        host = "127.0.0.1"
+    advertise = args.advertise_address or (primary_ip() if _unspecified(host) else host)
+    cidr = ipaddress.ip_network(args.service_cidr, strict=False)
+    kubernetes_ip = str(cidr.network_address + 1)
+
+    tokens = load_or_create_tokens(data_dir)
+    pki = ensure_pki(data_dir, ips=[host, advertise, kubernetes_ip])
+    registry = await Registry.open(data_dir, service_cidr=args.service_cidr,
+                                   node_port_range=args.node_port_range)
+    runner: web.AppRunner | None = None
+    try:
+        app = build_app(registry, tokens, "", schema.openapi_v3_components)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=pki.server_ssl_context(), reuse_address=True,
+                           shutdown_timeout=5.0)
+        await site.start()
+        bound_port = int(runner.addresses[0][1])
+        state_of(app).server_address = f"{_url_host(advertise)}:{bound_port}"
+        await registry.bootstrap(advertise, bound_port)
+
+        server_host = advertise if _unspecified(host) else host
+        server = f"https://{_url_host(server_host)}:{bound_port}"
+        out: Path = (args.kubeconfig_out or data_dir / "admin.kubeconfig").resolve()
+        write_private(readonly_path(out), kubeconfig(server, pki.ca_pem(), "svcnet-agent", tokens.readonly,
+                                                     "svcnet-readonly"))
+        write_private(out, kubeconfig(server, pki.ca_pem(), "svcnet-admin", tokens.admin, "svcnet"))
+        log.info("serving url=%s kubeconfig=%s readonly-kubeconfig=%s data-dir=%s", server, out,
+                 readonly_path(out), data_dir)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        state_of(app).stopping.set()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await registry.close()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging("apiserver", verbosity=args.verbose)
+    if args.storage != "sqlite":
+        print(f"svcnet apiserver: --storage {args.storage}: only 'sqlite' is implemented so far",
+              file=sys.stderr)
+        return 2
+    try:
+        parse_host_port(args.listen)
+        ipaddress.ip_network(args.service_cidr, strict=False)
+    except ValueError as exc:
+        print(f"svcnet apiserver: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(args))
