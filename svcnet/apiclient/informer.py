@@ -164,7 +164,8 @@ class Informer:
         key = key_of(obj)
         if event_type == "DELETED":
             if key in self._items:
-                self._delete(key)
+                # A watch's DELETED event carries the object's final state: hand that on.
+                self._delete(key, final=obj)
         elif event_type in ("ADDED", "MODIFIED"):
             self._upsert(key, obj)
         else:
@@ -189,11 +190,11 @@ class Informer:
             else:
                 self._call(h.on_update, old, obj)
 
-    def _delete(self, key: str) -> None:
+    def _delete(self, key: str, final: Obj | None = None) -> None:
         old = self._items.pop(key)
         self._index_remove(key, old)
         for h in self._handlers:
-            self._call(h.on_delete, old)
+            self._call(h.on_delete, final if final is not None else old)
 
     def _index_add(self, name: str, key: str, obj: Obj) -> None:
         for value in self._indexers[name](obj):
