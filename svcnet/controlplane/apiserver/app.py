@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from svcnet import __version__
 from svcnet.controlplane.apiserver import discovery, negotiation
-from svcnet.controlplane.apiserver.auth import PUBLIC_PATHS, Tokens, authorize
+from svcnet.controlplane.apiserver.auth import PUBLIC_PATHS, Tokens, User, authorize
 from svcnet.controlplane.apiserver.handlers import (
     ResourceHandlers, Target, metric_verb, respond, status_response, verb_of,
 )
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KUBE_VERSION = (1, 32, 0)  # the Kubernetes API level svcnet emulates (kubectl 1.32's peer)
+RouteLabels = tuple[str, str, str, str, str, str]  # verb, group, version, resource, subresource, scope
+ROUTE_KEY: web.RequestKey[RouteLabels] = web.RequestKey("route")
+USER_KEY = web.RequestKey("user", User)
 NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -114,11 +117,11 @@ async def errors_auth_metrics(request: web.Request, handler: Handler) -> web.Str
     """Authenticate, run the handler, turn every failure into a Status, count the request."""
     state = request.app[STATE_KEY]
     start = time.perf_counter()
-    request["route"] = ("", "", "", "", "", "")  # verb, group, version, resource, subresource, scope
+    request[ROUTE_KEY] = ("", "", "", "", "", "")
     code = 500
     try:
         if request.path not in PUBLIC_PATHS:
-            request["user"] = state.tokens.authenticate(request.headers.get("Authorization"))
+            request[USER_KEY] = state.tokens.authenticate(request.headers.get("Authorization"))
         response = await handler(request)
         code = response.status
         return response
@@ -143,7 +146,7 @@ async def errors_auth_metrics(request: web.Request, handler: Handler) -> web.Str
         log.exception("internal error method=%s path=%s", request.method, request.path)
         return status_response(APIError(500, "InternalError", f"Internal error occurred: {exc}"))
     finally:
-        verb, group, version, resource, sub, scope = request["route"]
+        verb, group, version, resource, sub, scope = request[ROUTE_KEY]
         if resource:
             long_running = verb == "WATCH"
             state.metrics.observe(verb, group, version, resource, sub, scope, code,
@@ -219,9 +222,9 @@ def resource_handler(handlers: ResourceHandlers, core: bool) -> Handler:
         version = request.match_info["version"]
         target = parse_resource_path(group, version, request.match_info["tail"])
         verb = verb_of(request.method, target, request.query)
-        request["route"] = (metric_verb(verb, request.content_type), group, version, target.kind.plural,
+        request[ROUTE_KEY] = (metric_verb(verb, request.content_type), group, version, target.kind.plural,
                             target.subresource or "", target.scope if target.name is None else "resource")
-        authorize(request["user"], verb, target.kind.plural, group, target.namespace, target.name,
+        authorize(request[USER_KEY], verb, target.kind.plural, group, target.namespace, target.name,
                   target.subresource)
         return await handlers.handle(request, target, verb)
 
