@@ -1,0 +1,314 @@
+"""ClusterIP and NodePort allocation, persisted with the Service that holds them.
+
+Every allocated value is a key in storage (`/registry/allocations/clusterips/<ip>`,
+`/registry/allocations/nodeports/<port>`) written in the **same transaction** as the
+Service, guarded by "key absent" compares. So an IP or port can never be handed out
+twice, even by two API servers on one etcd, and a crash never leaves a Service without
+its allocation or an allocation without its Service (the fault kube's old bitmap
+repair loop existed for).
+
+An in-memory `used` set mirrors the keys. A value is *reserved* in it synchronously
+when picked (no `await` in between), so 50 concurrent creates in one process pick 50
+different values without round trips; the storage compare is the backstop. A failed
+or dry-run write gives its reservations back.
+
+Dynamic picks prefer the upper part of each range so the lower band stays free for
+static choices (KEP-3070 for ClusterIPs, e.g. DNS at .10; KEP-3668 for NodePorts):
+band size min(max(16, size/16), 256) for IPs and min(max(16, size/32), 128) for ports.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from svcnet.controlplane.errors import APIError
+from svcnet.controlplane.registry.strategies.service import (
+    needs_cluster_ip, needs_health_check_node_port, needs_node_ports, ports_of, spec_of,
+)
+from svcnet.controlplane.registry.strategies.validation import FieldError, as_api_error, invalid_value
+from svcnet.controlplane.storage.interface import Compare, Delete, Op, Put, Storage
+
+CLUSTER_IP_PREFIX = "/registry/allocations/clusterips/"
+NODE_PORT_PREFIX = "/registry/allocations/nodeports/"
+
+# Random probes before falling back to a scan (a nearly full range).
+_PROBES = 64
+
+
+class RangeFull(Exception):
+    pass
+
+
+class OffsetRange:
+    """Integers [first, last] with a static lower band, tracking used values."""
+
+    def __init__(self, first: int, last: int, band: int) -> None:
+        self.first, self.last = first, last
+        self.band_end = min(first + band, last + 1)   # [first, band_end) is the static band
+        self.used: set[int] = set()
+        self._rand = random.Random()
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+    def contains(self, value: int) -> bool:
+        return self.first <= value <= self.last
+
+    def reserve(self, value: int) -> bool:
+        if value in self.used:
+            return False
+        self.used.add(value)
+        return True
+
+    def reserve_next(self) -> int:
+        """A free value, preferring the dynamic (upper) band; reserved on return."""
+        for lo, hi in ((self.band_end, self.last), (self.first, self.band_end - 1)):
+            if lo > hi:
+                continue
+            for _ in range(_PROBES):
+                v = self._rand.randint(lo, hi)
+                if v not in self.used:
+                    self.used.add(v)
+                    return v
+            start = self._rand.randint(lo, hi)
+            for v in (*range(start, hi + 1), *range(lo, start)):
+                if v not in self.used:
+                    self.used.add(v)
+                    return v
+        raise RangeFull()
+
+    def release(self, value: int) -> None:
+        self.used.discard(value)
+
+
+@dataclass
+class AllocationPlan:
+    """What one write claims and releases; `commit()` or `abort()` after the txn."""
+
+    allocator: "ServiceAllocator"
+    claim_ips: list[str] = field(default_factory=list)
+    claim_ports: list[int] = field(default_factory=list)
+    release_ips: list[str] = field(default_factory=list)
+    release_ports: list[int] = field(default_factory=list)
+    owner: str = ""
+
+    def compares(self) -> list[Compare]:
+        return ([Compare(CLUSTER_IP_PREFIX + ip, 0) for ip in self.claim_ips]
+                + [Compare(f"{NODE_PORT_PREFIX}{p}", 0) for p in self.claim_ports])
+
+    def ops(self) -> list[Op]:
+        value = json.dumps({"owner": self.owner}).encode()
+        ops: list[Op] = [Put(CLUSTER_IP_PREFIX + ip, value) for ip in self.claim_ips]
+        ops += [Put(f"{NODE_PORT_PREFIX}{p}", value) for p in self.claim_ports]
+        ops += [Delete(CLUSTER_IP_PREFIX + ip) for ip in self.release_ips]
+        ops += [Delete(f"{NODE_PORT_PREFIX}{p}") for p in self.release_ports]
+        return ops
+
+    def commit(self) -> None:
+        for ip in self.release_ips:
+            self.allocator.release_ip(ip)
+        for p in self.release_ports:
+            self.allocator.ports.release(p)
+
+    def abort(self) -> None:
+        for ip in self.claim_ips:
+            self.allocator.release_ip(ip)
+        for p in self.claim_ports:
+            self.allocator.ports.release(p)
+
+
+def held_ips(svc: dict[str, Any]) -> set[str]:
+    if not needs_cluster_ip(svc):
+        return set()
+    spec = spec_of(svc)
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    return {ip for ip in ips if isinstance(ip, str) and ip and ip != "None"}
+
+
+def held_ports(svc: dict[str, Any]) -> set[int]:
+    out = {p["nodePort"] for p in ports_of(svc) if isinstance(p.get("nodePort"), int) and p["nodePort"]}
+    hc = spec_of(svc).get("healthCheckNodePort")
+    if isinstance(hc, int) and hc:
+        out.add(hc)
+    return out
+
+
+class ServiceAllocator:
+    """Allocates a Service's ClusterIP, NodePorts and healthCheckNodePort."""
+
+    def __init__(self, service_cidr: str = "10.96.0.0/12", node_port_range: str = "30000-32767") -> None:
+        try:
+            self.network = ipaddress.ip_network(service_cidr.strip(), strict=True)
+        except ValueError as err:
+            raise ValueError(f"invalid --service-cidr {service_cidr!r}: {err}") from None
+        size = self.network.num_addresses
+        # IPv4 loses the network and broadcast addresses; IPv6 only the subnet-router
+        # anycast (offset 0). Huge IPv6 ranges are capped as kube caps its bitmap.
+        last = size - 2 if self.network.version == 4 else min(size - 1, (1 << 20))
+        if last < 1:
+            raise ValueError(f"--service-cidr {service_cidr} is too small")
+        self.ips = OffsetRange(1, last, min(max(16, size // 16), 256))
+        try:
+            lo_s, hi_s = node_port_range.split("-")
+            lo, hi = int(lo_s), int(hi_s)
+        except ValueError:
+            raise ValueError(f"invalid --node-port-range {node_port_range!r}: want FROM-TO") from None
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"invalid --node-port-range {node_port_range!r}")
+        self.node_port_range = node_port_range
+        n = hi - lo + 1
+        self.ports = OffsetRange(lo, hi, min(max(16, n // 32), 128))
+        self.family = "IPv4" if self.network.version == 4 else "IPv6"
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def load(self, storage: Storage) -> None:
+        """Fill `used` from the allocation keys in storage."""
+        for kv in (await storage.range(CLUSTER_IP_PREFIX)).kvs:
+            off = self._offset(kv.key[len(CLUSTER_IP_PREFIX):])
+            if off is not None:
+                self.ips.used.add(off)
+        for kv in (await storage.range(NODE_PORT_PREFIX)).kvs:
+            try:
+                self.ports.used.add(int(kv.key[len(NODE_PORT_PREFIX):]))
+            except ValueError:
+                pass
+
+    def first_ip(self) -> str:
+        """The address of the `kubernetes` Service (the range's first usable IP)."""
+        return str(self.network.network_address + 1)
+
+    def _offset(self, ip: str) -> int | None:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if addr not in self.network:
+            return None
+        return int(addr) - int(self.network.network_address)
+
+    def _ip(self, offset: int) -> str:
+        return str(self.network.network_address + offset)
+
+    def release_ip(self, ip: str) -> None:
+        off = self._offset(ip)
+        if off is not None:
+            self.ips.release(off)
+
+    # -- planning ------------------------------------------------------------------------
+
+    def plan(self, svc: dict[str, Any], old: dict[str, Any] | None, owner: str) -> AllocationPlan:
+        """Fill `svc`'s missing allocations and reserve them; raise 422 on a requested
+        value that is out of range or taken. `old` is the stored Service on update."""
+        plan = AllocationPlan(self, owner=owner)
+        name = str((svc.get("metadata") or {}).get("name") or "")
+        before_ips = held_ips(old) if old else set()
+        before_ports = held_ports(old) if old else set()
+        errs: list[FieldError] = []
+        try:
+            self._plan_ip(svc, before_ips, plan, errs)
+            self._plan_ports(svc, before_ports, plan, errs)
+        except BaseException:
+            plan.abort()
+            raise
+        if errs:
+            plan.abort()
+            raise as_api_error("Service", name, errs)
+        after_ips, after_ports = held_ips(svc), held_ports(svc)
+        plan.release_ips = sorted(before_ips - after_ips)
+        plan.release_ports = sorted(before_ports - after_ports)
+        return plan
+
+    def _plan_ip(self, svc: dict[str, Any], before: set[str], plan: AllocationPlan,
+                 errs: list[FieldError]) -> None:
+        if not needs_cluster_ip(svc):
+            return
+        spec = svc["spec"]
+        ip = spec.get("clusterIP")
+        if ip == "None":
+            spec["clusterIPs"] = ["None"]
+            return
+        if not ip:
+            try:
+                off = self.ips.reserve_next()
+            except RangeFull:
+                raise APIError(500, "InternalError",
+                               "Internal error occurred: failed to allocate a serviceIP: range is full",
+                               {"causes": [{"message": "failed to allocate a serviceIP: range is full"}]}
+                               ) from None
+            ip = self._ip(off)
+            plan.claim_ips.append(ip)
+            spec["clusterIP"] = ip
+            spec["clusterIPs"] = [ip]
+            return
+        if ip in before:
+            return
+        off = self._offset(ip)
+        if off is None or not self.ips.contains(off):
+            errs.append(invalid_value("spec.clusterIPs", spec.get("clusterIPs") or [ip],
+                                      f"failed to allocate IP {ip}: the provided IP ({ip}) is not "
+                                      f"in the valid range. The range of valid IPs is {self.network}"))
+        elif not self.ips.reserve(off):
+            errs.append(invalid_value("spec.clusterIPs", spec.get("clusterIPs") or [ip],
+                                      f"failed to allocate IP {ip}: provided IP is already allocated"))
+        else:
+            plan.claim_ips.append(ip)
+
+    def _claim_port(self, value: int, path: str, before: set[int], plan: AllocationPlan,
+                    errs: list[FieldError]) -> None:
+        if value in before or value in plan.claim_ports:
+            return
+        if not self.ports.contains(value):
+            errs.append(invalid_value(path, value, "provided port is not in the valid range. "
+                                      f"The range of valid ports is {self.node_port_range}"))
+        elif not self.ports.reserve(value):
+            errs.append(invalid_value(path, value, "provided port is already allocated"))
+        else:
+            plan.claim_ports.append(value)
+
+    def _next_port(self, plan: AllocationPlan) -> int:
+        try:
+            value = self.ports.reserve_next()
+        except RangeFull:
+            raise APIError(500, "InternalError",
+                           "Internal error occurred: failed to allocate a nodePort: range is full"
+                           ) from None
+        plan.claim_ports.append(value)
+        return value
+
+    def _plan_ports(self, svc: dict[str, Any], before: set[int], plan: AllocationPlan,
+                    errs: list[FieldError]) -> None:
+        spec = spec_of(svc)
+        if needs_node_ports(svc) or spec.get("type") == "LoadBalancer":
+            auto = needs_node_ports(svc)
+            # Explicit values first, so an automatic pick never takes a requested port.
+            for i, p in enumerate(ports_of(svc)):
+                if isinstance(p.get("nodePort"), int) and p["nodePort"]:
+                    self._claim_port(p["nodePort"], f"spec.ports[{i}].nodePort", before, plan, errs)
+            if auto:
+                for p in ports_of(svc):
+                    if not p.get("nodePort"):
+                        p["nodePort"] = self._next_port(plan)
+        if needs_health_check_node_port(svc):
+            hc = spec.get("healthCheckNodePort")
+            if isinstance(hc, int) and hc:
+                self._claim_port(hc, "spec.healthCheckNodePort", before, plan, errs)
+            else:
+                spec["healthCheckNodePort"] = self._next_port(plan)
+
+    def release_all(self, svc: dict[str, Any]) -> AllocationPlan:
+        """The plan for deleting `svc`: release everything it holds."""
+        plan = AllocationPlan(self)
+        plan.release_ips = sorted(held_ips(svc))
+        plan.release_ports = sorted(held_ports(svc))
+        return plan
+
+
+def allocation_keys(values: Iterable[str]) -> list[str]:
+    return [CLUSTER_IP_PREFIX + v for v in values]
