@@ -121,3 +121,43 @@ def test_creation_timestamp_decodes_to_rfc3339() -> None:
     meta = msg(f(1, "a"), f(8, msg(f(1, 1_700_000_000), f(2, 0))))
     obj = pb.decode_object(encode_unknown("v1", "Namespace", f(1, meta)))
     assert obj["metadata"]["creationTimestamp"] == "2023-11-14T22:13:20Z"
+
+
+# Request bodies captured from kubectl v1.32.4 (`kubectl create namespace team-a`,
+# `create service nodeport np1 --tcp=80:8080`, `create deployment web --image=nginx:1.27
+# --replicas=2 --port=80`, `create service clusterip multi --tcp=80:8080 --tcp=443:8443`).
+KUBECTL_132_BODIES = [
+    ("6b3873000a0f0a02763112094e616d657370616365121e0a160a067465616d2d6112001a0022002a003200380042001200"
+     "1a020a001a002200",
+     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}),
+    ("6b3873000a0d0a02763112075365727669636512680a1f0a036e703112001a0022002a003200380042005a0a0a03617070"
+     "12036e703112410a1b0a0738302d38303830120354435018502207080010903f1a002800120a0a0361707012036e70311a"
+     "0022084e6f6465506f72743a00420052005a00600068001a020a001a002200",
+     {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np1", "labels": {"app": "np1"}},
+      "spec": {"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+               "selector": {"app": "np1"}, "type": "NodePort"}}),
+    ("6b3873000a150a07617070732f7631120a4465706c6f796d656e7412bd010a1f0a0377656212001a0022002a0032003800"
+     "42005a0a0a036170701203776562128b010802120c0a0a0a0361707012037765621a710a1c0a0012001a0022002a003200"
+     "380042005a0a0a036170701203776562125112330a056e67696e78120a6e67696e783a312e32372a00320a0a0010001850"
+     "22002a0042006a007200800100880100900100a201001a00320042004a0052005800600068008201008a01009a0100c201"
+     "0022020a00280038001a0c0800100018002000280038001a002200",
+     {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+      "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+               "template": {"metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27",
+                                                     "ports": [{"containerPort": 80}]}]}}}}),
+    ("6b3873000a0d0a027631120753657276696365128e010a230a056d756c746912001a0022002a003200380042005a0c0a03"
+     "61707012056d756c746912630a1b0a0738302d38303830120354435018502207080010903f1a0028000a1d0a083434332d"
+     "38343433120354435018bb032207080010fb411a002800120c0a0361707012056d756c74691a002209436c757374657249"
+     "503a00420052005a00600068001a020a001a002200",
+     {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "multi", "labels": {"app": "multi"}},
+      "spec": {"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080},
+                         {"name": "443-8443", "protocol": "TCP", "port": 443, "targetPort": 8443}],
+               "selector": {"app": "multi"}, "type": "ClusterIP"}}),
+]
+
+
+@pytest.mark.parametrize("hex_body,expected", KUBECTL_132_BODIES,
+                         ids=["namespace", "service-nodeport", "deployment", "service-two-ports"])
+def test_real_kubectl_132_bodies(hex_body: str, expected: dict) -> None:
+    assert pb.decode_object(bytes.fromhex(hex_body)) == expected
