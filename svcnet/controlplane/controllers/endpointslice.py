@@ -292,7 +292,7 @@ def owned_by(slice_obj: Obj, service: Obj) -> bool:
     uid = meta(service).get("uid")
     for ref in meta(slice_obj).get("ownerReferences") or []:
         if ref.get("kind") == "Service" and ref.get("controller"):
-            return ref.get("uid") == uid if uid else ref.get("name") == name_of(service)
+            return bool(ref.get("uid") == uid if uid else ref.get("name") == name_of(service))
     return False
 
 

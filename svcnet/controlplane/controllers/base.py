@@ -1,0 +1,126 @@
+"""What every controller shares: a work queue, workers that call `sync(key)`, and the
+bookkeeping that protects against acting on a cache that lags behind our own writes.
+
+A controller subclasses `Controller`, registers informer handlers that only map events
+to keys and `enqueue()` them, and implements `sync(key)`, which reads the caches,
+computes the plan with a pure function and writes it. A `sync` that raises is retried
+with per-key back-off; one that returns is forgotten by the rate limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from svcnet.apiclient import errors
+from svcnet.controlplane.controllers.workqueue import QueueShutDown, RateLimitingQueue
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    """A named work queue and its workers; subclasses implement `sync`."""
+
+    name = "controller"
+
+    def __init__(self) -> None:
+        self.queue = RateLimitingQueue(self.name)
+        self.syncs = 0
+        self.failures = 0
+
+    def enqueue(self, key: str) -> None:
+        if key:
+            self.queue.add(key)
+
+    async def sync(self, key: str) -> None:
+        raise NotImplementedError
+
+    async def run(self, workers: int) -> None:
+        try:
+            await asyncio.gather(*(self._worker(i) for i in range(workers)))
+        finally:
+            self.queue.shutdown()
+
+    async def _worker(self, n: int) -> None:
+        while True:
+            try:
+                key = await self.queue.get()
+            except QueueShutDown:
+                return
+            started = time.monotonic()
+            try:
+                await self.sync(key)
+                self.queue.forget(key)
+                self.syncs += 1
+            except asyncio.CancelledError:
+                raise
+            except (errors.Conflict, errors.AlreadyExists, errors.NotFound, StaleCache) as e:
+                # Someone wrote in between, or our cache is behind: read again and retry.
+                delay = self.queue.add_rate_limited(key)
+                log.info("%s: retrying key=%s in %.3fs: %s", self.name, key, delay, e)
+            except Exception as e:
+                self.failures += 1
+                delay = self.queue.add_rate_limited(key)
+                log.warning("%s: sync failed key=%s retry_in=%.3fs: %s", self.name, key, delay, e,
+                            exc_info=not isinstance(e, (errors.ApiError, errors.TransportError)))
+            finally:
+                self.queue.done(key)
+                log.debug("%s: synced key=%s in %.1f ms", self.name, key,
+                          (time.monotonic() - started) * 1000)
+
+
+class StaleCache(Exception):
+    """The informer has not yet delivered our own last writes for this key."""
+
+
+@dataclass
+class _Expected:
+    adds: int = 0
+    deletes: set[str] = field(default_factory=set)
+    since: float = 0.0
+
+
+class Expectations:
+    """client-go's ControllerExpectations: creations counted, deletions by name.
+
+    Raised *before* writing, lowered when the informer shows the result (or when the
+    write fails). Until a key's expectations are met, its cache is known to be behind
+    our writes and a sync must not plan from it. They expire after `ttl` seconds so a
+    lost event cannot wedge a controller.
+    """
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._by_key: dict[str, _Expected] = {}
+
+    def expect(self, key: str, adds: int = 0, deletes: set[str] | None = None) -> None:
+        e = self._by_key.setdefault(key, _Expected())
+        e.adds += adds
+        e.deletes |= deletes or set()
+        e.since = time.monotonic()
+
+    def observed_add(self, key: str) -> None:
+        e = self._by_key.get(key)
+        if e is not None and e.adds > 0:
+            e.adds -= 1
+
+    def observed_delete(self, key: str, name: str) -> None:
+        e = self._by_key.get(key)
+        if e is not None:
+            e.deletes.discard(name)
+
+    def satisfied(self, key: str) -> bool:
+        e = self._by_key.get(key)
+        if e is None or (e.adds <= 0 and not e.deletes):
+            self._by_key.pop(key, None)
+            return True
+        if time.monotonic() - e.since > self.ttl:
+            log.warning("expectations expired key=%s adds=%d deletes=%d", key, e.adds, len(e.deletes))
+            self._by_key.pop(key, None)
+            return True
+        return False
+
+    def forget(self, key: str) -> None:
+        self._by_key.pop(key, None)
