@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from svcnet.apiclient.client import RestClient, selector_string
 from svcnet.apiclient.informer import IndexFunc, Informer
 from svcnet.apiclient.kubeconfig import load_config
-from svcnet.apiclient.reflector import Clock, Reflector, SystemClock
+from svcnet.apiclient.reflector import Backoff, Clock, Reflector, SystemClock
 from svcnet.apiclient.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,20 @@ class ApiSource:
     """An `ObjectSource` over a RestClient; see the module docstring."""
 
     def __init__(self, client: RestClient, *, clock: Clock | None = None,
-                 min_watch_timeout: float = 300.0) -> None:
+                 min_watch_timeout: float = 300.0, max_backoff: float = 30.0) -> None:
         self.client = client
         self._clock = clock or SystemClock()
         self._min_watch_timeout = min_watch_timeout
+        self._max_backoff = max_backoff
         self._informers: dict[_Key, Informer] = {}
         self.reflectors: dict[_Key, Reflector] = {}
         self._added = asyncio.Event()  # binds to a loop only when first awaited
 
     @classmethod
-    def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None) -> ApiSource:
+    def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None,
+                        **kwargs: Any) -> ApiSource:
         """From the kubeconfig at `path`, or the one kubectl would use, or in-cluster."""
-        return cls(RestClient.from_config(load_config(path, context=context)))
+        return cls(RestClient.from_config(load_config(path, context=context)), **kwargs)
 
     def informer(self, resource: Resource, indexers: dict[str, IndexFunc] | None = None, *,
                  namespace: str | None = None, label_selector: str | dict[str, str] | None = None,
@@ -79,7 +82,8 @@ class ApiSource:
                         refl = Reflector(self.client, key.resource, inf, namespace=key.namespace,
                                          label_selector=key.label_selector,
                                          field_selector=key.field_selector, clock=self._clock,
-                                         min_watch_timeout=self._min_watch_timeout)
+                                         min_watch_timeout=self._min_watch_timeout,
+                                         backoff=Backoff(self._clock, maximum=self._max_backoff))
                         self.reflectors[key] = refl
                         tasks[key] = asyncio.create_task(refl.run(), name=f"reflector {refl.name}")
                 await self._added.wait()

@@ -269,8 +269,10 @@ class RestClient:
             params["sendInitialEvents"] = "true" if send_initial_events else "false"
             params["resourceVersionMatch"] = "NotOlderThan"
         read_timeout = timeout_seconds + WATCH_READ_GRACE if timeout_seconds else None
-        request = self._request("GET", resource.path(namespace), params, None, JSON,
-                                timeout=None, read_timeout=read_timeout, stream=True)
+        # No overall deadline (the server ends the watch at timeoutSeconds), but bounded
+        # connecting, and bounded silence so a vanished server is noticed.
+        request = self._request("GET", resource.path(namespace), params, None, JSON, timeout=None,
+                                connect_timeout=self.timeout, read_timeout=read_timeout, stream=True)
         return Watch(self, request, f"watch {resource.plural}")
 
     # -- plumbing --------------------------------------------------------------
@@ -312,7 +314,7 @@ class RestClient:
 
     def _request(self, method: str, path: str, params: Mapping[str, str | None], body: Any,
                  content_type: str, *, timeout: float | None, read_timeout: float | None = None,
-                 stream: bool = False) -> Request:
+                 connect_timeout: float | None = None, stream: bool = False) -> Request:
         url = URL(self.server + path)
         query = {k: v for k, v in params.items() if v is not None and v != ""}
         if query:
@@ -327,7 +329,7 @@ class RestClient:
         if auth:
             headers["Authorization"] = auth
         return Request(method, str(url), headers, data, timeout=timeout, read_timeout=read_timeout,
-                       stream=stream)
+                       connect_timeout=connect_timeout, stream=stream)
 
     def _authorization(self) -> str | None:
         if self.config is None:
@@ -430,19 +432,19 @@ class Watch:
         self._events = self._decode(self._resp)
 
     async def _decode(self, resp: Response) -> AsyncIterator[WatchEvent]:
-        buf = b""
+        buf = bytearray()
         async for chunk in resp.iter_chunks():
+            scan_from = len(buf)  # only new bytes can hold the next newline
             buf += chunk
-            while True:
-                line, sep, rest = buf.partition(b"\n")
-                if not sep:
-                    break
-                buf = rest
-                for event in self._parse(line):
+            start = 0
+            while (nl := buf.find(b"\n", scan_from)) >= 0:
+                for event in self._parse(bytes(buf[start:nl])):
                     yield event
+                start = scan_from = nl + 1
+            del buf[:start]
             if len(buf) > MAX_EVENT_BYTES:
                 raise errors.DecodeError(f"{self._what}: an event is larger than {MAX_EVENT_BYTES} bytes")
-        for event in self._parse(buf):  # a final event without a newline
+        for event in self._parse(bytes(buf)):  # a final event without a newline
             yield event
 
     def _parse(self, line: bytes) -> list[WatchEvent]:

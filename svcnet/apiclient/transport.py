@@ -42,6 +42,7 @@ class Request:
     body: bytes | None = None
     timeout: float | None = None  # the whole exchange, body included (None: unbounded)
     read_timeout: float | None = None  # streams: the longest silence tolerated between chunks
+    connect_timeout: float | None = None  # reaching the server (TCP and TLS handshakes)
     stream: bool = False
 
     def json(self) -> Any:
@@ -116,7 +117,7 @@ class AiohttpTransport:
 
     async def send(self, request: Request) -> Response:
         timeout = aiohttp.ClientTimeout(total=request.timeout, sock_read=request.read_timeout,
-                                        connect=request.timeout if request.stream else None)
+                                        connect=request.connect_timeout)
         kwargs: dict[str, Any] = {}
         if self._server_hostname:
             kwargs["server_hostname"] = self._server_hostname
