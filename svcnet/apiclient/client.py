@@ -199,10 +199,17 @@ class RestClient:
         return merged
 
     async def create(self, resource: Resource, obj: Obj, namespace: str | None = None, *,
-                     dry_run: bool = False, field_manager: str | None = None) -> Obj:
+                     subresource: str | None = None, dry_run: bool = False,
+                     field_manager: str | None = None) -> Obj:
+        """POST a new object. With `subresource` (e.g. `binding`, `eviction`) the body is
+        posted to that subresource of the object named by its metadata.name, as client-go's
+        `Pods(ns).Bind(binding)` does."""
         ns = self._namespace_for(resource, obj, namespace)
-        return await self._json("POST", resource.path(ns), self._write_params(dry_run, field_manager),
-                                body=obj, what=f"create {resource.plural} {_name_for_message(obj)!r}")
+        name = _name_for_message(obj)
+        path = (self._path(resource, ns, str(meta(obj).get("name") or ""), subresource)
+                if subresource else resource.path(ns))
+        return await self._json("POST", path, self._write_params(dry_run, field_manager),
+                                body=obj, what=f"create {resource.plural} {name!r}")
 
     async def update(self, resource: Resource, obj: Obj, namespace: str | None = None, *,
                      dry_run: bool = False, field_manager: str | None = None) -> Obj:
@@ -249,6 +256,20 @@ class RestClient:
             options["dryRun"] = ["All"]
         return await self._json("DELETE", self._path(resource, namespace, name), {}, body=options,
                                 what=f"delete {resource.plural} {name!r}")
+
+    async def delete_collection(self, resource: Resource, namespace: str | None = None, *,
+                                label_selector: Selector = None, field_selector: Selector = None,
+                                propagation_policy: str | None = None, dry_run: bool = False) -> Obj:
+        """DELETE on the collection: every object the selectors match (all, without any)."""
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if propagation_policy:
+            options["propagationPolicy"] = propagation_policy
+        if dry_run:
+            options["dryRun"] = ["All"]
+        params = {"labelSelector": selector_string(label_selector),
+                  "fieldSelector": selector_string(field_selector)}
+        return await self._json("DELETE", resource.path(namespace), params, body=options,
+                                what=f"delete {resource.plural}")
 
     def watch(self, resource: Resource, namespace: str | None = None, *,
               resource_version: str | None = None, label_selector: Selector = None,

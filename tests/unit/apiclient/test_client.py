@@ -10,7 +10,7 @@ import pytest
 
 from svcnet.apiclient import errors
 from svcnet.apiclient.client import PatchType, RestClient, WatchEvent, label_selector_from_spec
-from svcnet.apiclient.resources import ENDPOINT_SLICES, NODES, SERVICES
+from svcnet.apiclient.resources import ENDPOINT_SLICES, NODES, PODS, SERVICES
 from svcnet.apiclient.transport import MockResponse, MockTransport, Request
 
 from .fake_api import FakeApi, status
@@ -95,6 +95,12 @@ async def test_patch_content_types_on_the_wire() -> None:
         "application/strategic-merge-patch+json", "application/merge-patch+json",
         "application/json-patch+json", "application/apply-patch+yaml"]
     assert seen[0].url == "https://k8s.test:6443/prefix/api/v1/namespaces/ns1/services/web?fieldManager=m"
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}}
+    await client.create(PODS, binding, "ns1", subresource="binding")
+    assert (seen[-1].method, seen[-1].url) == ("POST", "https://k8s.test:6443/prefix/api/v1/namespaces/ns1/pods/p1/binding")
+    await client.delete_collection(SERVICES, "ns1", label_selector={"app": "x"})
+    assert (seen[-1].method, seen[-1].url) == ("DELETE", "https://k8s.test:6443/prefix/api/v1/namespaces/ns1/services?labelSelector=app%3Dx")
     await client.delete(SERVICES, "web", "ns1", grace_period_seconds=0, propagation_policy="Background",
                         preconditions={"uid": "u1"}, dry_run=True)
     assert seen[-1].method == "DELETE" and seen[-1].json() == {
