@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +71,7 @@ class OffsetRange:
             if lo > hi:
                 continue
             for _ in range(_PROBES):
-                v = self._rand.randint(lo, hi)
+                v: int = self._rand.randint(lo, hi)
                 if v not in self.used:
                     self.used.add(v)
                     return v
@@ -236,13 +235,13 @@ class ServiceAllocator:
             return
         if not ip:
             try:
-                off = self.ips.reserve_next()
+                picked = self.ips.reserve_next()
             except RangeFull:
                 raise APIError(500, "InternalError",
                                "Internal error occurred: failed to allocate a serviceIP: range is full",
                                {"causes": [{"message": "failed to allocate a serviceIP: range is full"}]}
                                ) from None
-            ip = self._ip(off)
+            ip = self._ip(picked)
             plan.claim_ips.append(ip)
             spec["clusterIP"] = ip
             spec["clusterIPs"] = [ip]
@@ -309,6 +308,3 @@ class ServiceAllocator:
         plan.release_ports = sorted(held_ports(svc))
         return plan
 
-
-def allocation_keys(values: Iterable[str]) -> list[str]:
-    return [CLUSTER_IP_PREFIX + v for v in values]

@@ -208,7 +208,7 @@ def labels(field: str, value: Any) -> list[FieldError]:
     return errs
 
 
-def annotations(field: str, value: Any) -> list[FieldError]:
+def annotation_map(field: str, value: Any) -> list[FieldError]:
     if value is None:
         return []
     if not isinstance(value, Mapping):
@@ -248,7 +248,7 @@ def object_meta(meta: Mapping[str, Any], *, namespaced: bool,
     elif ns:
         errs.append(forbidden("metadata.namespace", "not allowed on this type"))
     errs += labels("metadata.labels", meta.get("labels"))
-    errs += annotations("metadata.annotations", meta.get("annotations"))
+    errs += annotation_map("metadata.annotations", meta.get("annotations"))
     fins = meta.get("finalizers") or []
     if not isinstance(fins, list):
         errs.append(type_error("metadata.finalizers", fins, "a list of strings"))

@@ -1,0 +1,120 @@
+"""How objects sit in storage: keys, JSON values, resourceVersions and continue tokens.
+
+Keys follow kube-apiserver's etcd layout so an etcd holding svcnet's data reads like
+a cluster's (`/registry/services/specs/default/web`, `/registry/minions/node-1`,
+`/registry/endpointslices/default/web-x7k2p`). Values are compact JSON without
+`metadata.resourceVersion`: an object's resourceVersion is its key's mod_revision,
+stamped on read, as kube's etcd3 store does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+import secrets
+from typing import Any
+
+from svcnet.controlplane.errors import bad_request
+from svcnet.controlplane.registry.kinds import KindInfo
+from svcnet.controlplane.storage.interface import KeyValue
+
+Obj = dict[str, Any]
+
+KEY_ROOT = "/registry"
+# kube's SpecialDefaultResourcePrefixes for the kinds svcnet serves
+_SPECIAL_PREFIXES = {"services": "services/specs", "nodes": "minions"}
+
+
+def kind_prefix(kind: KindInfo, namespace: str | None = None) -> str:
+    """The key prefix of every object of `kind` (in `namespace`, when given)."""
+    base = f"{KEY_ROOT}/{_SPECIAL_PREFIXES.get(kind.plural, kind.plural)}/"
+    if kind.namespaced and namespace:
+        base += f"{namespace}/"
+    return base
+
+
+def object_key(kind: KindInfo, namespace: str | None, name: str) -> str:
+    return kind_prefix(kind, namespace if kind.namespaced else None) + name
+
+
+def encode(obj: Obj) -> bytes:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "resourceVersion" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(kv: KeyValue, revision: int | None = None) -> Obj:
+    obj: Obj = json.loads(kv.value)
+    obj.setdefault("metadata", {})["resourceVersion"] = str(revision or kv.mod_revision)
+    return obj
+
+
+def now_rfc3339(offset_seconds: int = 0) -> str:
+    t = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=offset_seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+# names.SimpleNameGenerator: no vowels, so generated names never spell words.
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_MAX_GENERATED_PREFIX = 63 - 5
+
+
+def generate_name(prefix: str) -> str:
+    prefix = prefix[:_MAX_GENERATED_PREFIX]
+    return prefix + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
+
+
+# -- continue tokens (apiserver pkg/storage/continue.go) ----------------------------
+
+def encode_continue(revision: int, next_key: str, prefix: str) -> str:
+    body = {"v": "meta.k8s.io/v1", "rv": revision, "start": next_key[len(prefix):]}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+
+
+def decode_continue(token: str, prefix: str) -> tuple[int, str]:
+    """(revision, start key) of a continue token; 400 when it is not one of ours."""
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4)))
+        rv, start = int(body["rv"]), str(body["start"])
+        if body.get("v") != "meta.k8s.io/v1":
+            raise ValueError("unknown version")
+    except (binascii.Error, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise bad_request(f"continue key is not valid: {err}") from None
+    if rv <= 0 or start.startswith("/") or ".." in start.split("/"):
+        raise bad_request("continue key is not valid: invalid start key")
+    return rv, prefix + start
+
+
+# -- unknown fields -------------------------------------------------------------------
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def drop_path(obj: Any, path: str) -> None:
+    """Remove the field at a dotted path like `spec.ports[0].bar` (if present)."""
+    tokens: list[str | int] = [m.group(1) if m.group(1) is not None else int(m.group(2))
+                               for m in _PATH_TOKEN.finditer(path)]
+    cur = obj
+    for tok in tokens[:-1]:
+        if isinstance(tok, int):
+            if not isinstance(cur, list) or tok >= len(cur):
+                return
+            cur = cur[tok]
+        else:
+            if not isinstance(cur, dict) or tok not in cur:
+                return
+            cur = cur[tok]
+    last = tokens[-1] if tokens else None
+    if isinstance(last, str) and isinstance(cur, dict):
+        cur.pop(last, None)

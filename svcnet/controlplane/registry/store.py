@@ -1,0 +1,1007 @@
+"""The Registry: Kubernetes object semantics over a revisioned store.
+
+This is the part of kube-apiserver between the HTTP handlers and etcd
+(`pkg/registry/generic/registry.Store` plus the per-kind strategies). For every kind it
+does, in one place:
+
+* **identity and metadata**: uid, creationTimestamp, generateName (5 random
+  characters, retried on collision), generation (bumped on spec changes for kinds
+  that track it), managedFields entries for the field manager;
+* **optimistic concurrency**: resourceVersion = the store's mod_revision; a stale
+  resourceVersion on update is 409 Conflict; writes without one are retried against
+  the latest object (GuaranteedUpdate); writes that change nothing are not written;
+* **subresources**: `/status` writes change only status; main-resource writes keep the
+  stored status; Namespace `/finalize` changes only spec.finalizers;
+* **deletion**: finalizers hold an object with deletionTimestamp set until the last one
+  is removed; pods are deleted gracefully; a Namespace's deletion removes everything in
+  it, then the Namespace; objects whose owner is deleted are garbage-collected;
+* **lists and watches**: label and field selectors, limit/continue pages served from
+  one revision, watches that resume from any retained resourceVersion (410 Expired once
+  compacted), selector-aware ADDED/MODIFIED/DELETED, bookmarks.
+
+Defaulting and validation are the strategies' (`strategies/`), ClusterIP and NodePort
+allocation the allocator's (`allocators.py`); both run inside the write so the
+allocation commits in the same storage transaction as the Service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import copy
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from svcnet.controlplane.errors import (
+    APIError, already_exists, bad_request, conflict, gone, not_found,
+)
+from svcnet.controlplane.registry import codec
+from svcnet.controlplane.registry import kinds as k
+from svcnet.controlplane.registry.allocators import AllocationPlan, ServiceAllocator
+from svcnet.controlplane.registry.kinds import KindInfo
+from svcnet.controlplane.registry.selectors import (
+    FieldSelector, LabelSelector, parse_field_selector, parse_label_selector,
+)
+from svcnet.controlplane.registry.strategies import Strategy, strategies_for_cluster
+from svcnet.controlplane.registry.strategies.validation import (
+    FieldError, forbidden, object_meta_update, raise_invalid,
+)
+from svcnet.controlplane.storage.interface import (
+    CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, Storage, WatchClosed,
+)
+from svcnet.controlplane.storage.sqlite import SQLiteStorage
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+NAMESPACE_FINALIZER = "kubernetes"
+MAX_GENERATE_NAME_ATTEMPTS = 8
+MAX_UPDATE_RETRIES = 32
+_LIST_CHUNK = 500
+
+_PATCH_TYPES = (
+    "application/json-patch+json", "application/merge-patch+json",
+    "application/strategic-merge-patch+json", "application/apply-patch+yaml",
+)
+
+
+class _Retry(Exception):
+    """The object changed between read and write: read it again (GuaranteedUpdate)."""
+
+
+class Registry:
+    """Kubernetes object semantics for every kind in `kinds.KINDS`; see the module doc.
+
+    Open with `await Registry.open(data_dir, ...)`; every method raises `APIError`.
+    """
+
+    #: seconds between bookmarks on an idle watch that allows them
+    bookmark_interval: float = 10.0
+    #: seconds of history kept for watches and continue tokens (kube: 5 minutes)
+    compaction_interval: float = 300.0
+    #: seconds an Event lives (kube-apiserver --event-ttl)
+    event_ttl: float = 3600.0
+
+    def __init__(self, storage: Storage, allocator: ServiceAllocator) -> None:
+        self.storage = storage
+        self.allocator = allocator
+        self.strategies = strategies_for_cluster(allocator.family)
+        self.service_cidr = str(allocator.network)
+        self._tasks: builtins.list[asyncio.Task[None]] = []
+        self._gc_tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, data_dir: Path, *, service_cidr: str = "10.96.0.0/12",
+                   node_port_range: str = "30000-32767") -> "Registry":
+        allocator = ServiceAllocator(service_cidr, node_port_range)
+        storage = await SQLiteStorage.open(Path(data_dir))
+        return await cls.with_storage(storage, allocator)
+
+    @classmethod
+    async def with_storage(cls, storage: Storage, allocator: ServiceAllocator) -> "Registry":
+        """A Registry over any `Storage` (an etcd backend, a test double)."""
+        await allocator.load(storage)
+        reg = cls(storage, allocator)
+        reg._tasks.append(asyncio.create_task(reg._maintenance(), name="registry-maintenance"))
+        return reg
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *self._gc_tasks]:
+            task.cancel()
+        for task in [*self._tasks, *self._gc_tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.storage.close()
+
+    @property
+    def current_revision(self) -> int:
+        return self.storage.revision
+
+    # -- bootstrap -----------------------------------------------------------------------
+
+    async def bootstrap(self, apiserver_ip: str, apiserver_port: int) -> None:
+        """The objects kube-apiserver's bootstrap controller keeps: the four system
+        namespaces, the `kubernetes` ServiceCIDR, and the `default/kubernetes` Service
+        (first IP of the service CIDR, 443/TCP "https") with an EndpointSlice pointing at
+        this API server. Idempotent: re-running repairs drifted fields."""
+        for ns in BOOTSTRAP_NAMESPACES:
+            await self._ensure(k.NAMESPACES, None, {"metadata": {"name": ns}}, lambda cur: None)
+        await self._ensure(k.SERVICE_CIDRS, None, {
+            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [self.service_cidr]}},
+            lambda cur: None)
+        svc = {
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": self.allocator.first_ip(),
+                     "sessionAffinity": "None",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                "targetPort": apiserver_port}]},
+        }
+
+        def fix_service(cur: Obj) -> Obj | None:
+            ports = cur.get("spec", {}).get("ports") or []
+            if ports == svc["spec"]["ports"]:  # type: ignore[index]
+                return None
+            new = copy.deepcopy(cur)
+            new["spec"]["ports"] = copy.deepcopy(svc["spec"]["ports"])  # type: ignore[index]
+            return new
+
+        await self._ensure(k.SERVICES, "default", svc, fix_service)
+        family = "IPv6" if ":" in apiserver_ip else "IPv4"
+        slice_ = {
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": family,
+            "endpoints": [{"addresses": [apiserver_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": apiserver_port, "protocol": "TCP"}],
+        }
+
+        def fix_slice(cur: Obj) -> Obj | None:
+            if all(cur.get(f) == slice_[f] for f in ("addressType", "endpoints", "ports")):
+                return None
+            new = copy.deepcopy(cur)
+            for f in ("addressType", "endpoints", "ports"):
+                new[f] = copy.deepcopy(slice_[f])
+            return new
+
+        await self._ensure(k.ENDPOINT_SLICES, "default", slice_, fix_slice)
+
+    async def _ensure(self, kind: KindInfo, namespace: str | None, obj: Obj,
+                      fix: Callable[[Obj], Obj | None]) -> None:
+        name = obj["metadata"]["name"]
+        try:
+            cur = await self.get(kind, namespace, name)
+        except APIError as err:
+            if err.code != 404:
+                raise
+            await self.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
+            return
+        if kind is k.ENDPOINT_SLICES and cur.get("addressType") != obj.get("addressType"):
+            # addressType is immutable: replace the slice
+            await self.delete(kind, namespace, name)
+            await self.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
+            return
+        new = fix(cur)
+        if new is not None:
+            await self.update(kind, namespace, name, new, field_manager="kube-apiserver")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _strategy(self, kind: KindInfo) -> Strategy:
+        try:
+            return self.strategies[kind]
+        except KeyError:
+            raise APIError(404, "NotFound", f"the server could not find the requested resource "
+                           f"({kind.plural})") from None
+
+    @staticmethod
+    def _ns(kind: KindInfo, namespace: str | None) -> str | None:
+        return namespace or None if kind.namespaced else None
+
+    async def get(self, kind: KindInfo, namespace: str | None, name: str) -> Obj:
+        self._strategy(kind)
+        kv = await self.storage.get(codec.object_key(kind, self._ns(kind, namespace), name))
+        if kv is None:
+            raise not_found(kind.plural, name, kind.group)
+        return codec.decode(kv)
+
+    def _selectors(self, kind: KindInfo, label_selector: str, field_selector: str
+                   ) -> Callable[[Obj], bool]:
+        ls: LabelSelector = parse_label_selector(label_selector)
+        fs: FieldSelector = parse_field_selector(field_selector, kind.field_selectors)
+        if ls.empty() and fs.empty():
+            return lambda obj: True
+        return lambda obj: ls.matches((obj.get("metadata") or {}).get("labels") or {}) and fs.matches(obj)
+
+    async def list(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
+                   field_selector: str = "", limit: int = 0, continue_token: str = "",
+                   resource_version: str = "") -> Obj:
+        self._strategy(kind)
+        match = self._selectors(kind, label_selector, field_selector)
+        filtered = bool(label_selector or field_selector)
+        prefix = codec.kind_prefix(kind, self._ns(kind, namespace))
+        revision, start = 0, prefix
+        if limit < 0:
+            raise bad_request("limit: Invalid value: must be non-negative")
+        if continue_token:
+            if resource_version not in ("", "0"):
+                raise bad_request("specifying resource version is not allowed when using continue")
+            revision, start = codec.decode_continue(continue_token, prefix)
+            if revision < self.storage.compact_revision:
+                raise gone("The provided continue parameter is too old to display a consistent "
+                           "list result. You can start a new list without the continue parameter.")
+        elif resource_version not in ("", "0"):
+            wanted = _parse_rv(resource_version)
+            if wanted > self.storage.revision:
+                raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
+                               f"{self.storage.revision}",
+                               {"causes": [{"reason": "ResourceVersionTooLarge",
+                                            "message": "Too large resource version"}],
+                                "retryAfterSeconds": 1})
+            if limit:
+                revision = wanted  # legacy "Exact" semantics of RV + limit
+        items: builtins.list[Obj] = []
+        meta: dict[str, Any] = {}
+        while True:
+            want = 0 if not limit else (limit - len(items) if not filtered else max(limit, _LIST_CHUNK))
+            try:
+                page = await self.storage.range(prefix, start=start, revision=revision, limit=want)
+            except CompactedError:
+                raise gone("The resourceVersion for the provided list is too old.") from None
+            except FutureRevisionError as err:
+                raise APIError(504, "Timeout", f"Too large resource version: {err.requested}, "
+                               f"current: {err.current}") from None
+            revision = page.revision
+            for i, kv in enumerate(page.kvs):
+                obj = codec.decode(kv)
+                if match(obj):
+                    obj.setdefault("kind", kind.kind)
+                    obj.setdefault("apiVersion", kind.api_version)
+                    items.append(obj)
+                if limit and len(items) >= limit:
+                    if i + 1 < len(page.kvs) or page.more:
+                        meta["continue"] = codec.encode_continue(revision, kv.key + "\x00", prefix)
+                        if not filtered:
+                            meta["remainingItemCount"] = page.count - (i + 1)
+                    break
+            else:
+                if page.more and page.kvs:
+                    start = page.kvs[-1].key + "\x00"
+                    continue
+            break
+        return {"kind": kind.list_kind, "apiVersion": kind.api_version,
+                "metadata": {"resourceVersion": str(revision), **meta}, "items": items}
+
+    # -- field validation ----------------------------------------------------------------
+
+    @staticmethod
+    def _field_validation(kind: KindInfo, obj: Obj, mode: str) -> builtins.list[str]:
+        """Unknown fields: 400 (Strict), warnings (Warn) or nothing (Ignore); they are
+        dropped from `obj` in every mode, as decoding into kube's structs drops them."""
+        if mode not in ("", "Strict", "Warn", "Ignore"):
+            raise bad_request(f"fieldValidation: Unsupported value: {json.dumps(mode)}: supported "
+                              'values: "Ignore", "Strict", "Warn"')
+        try:
+            from svcnet.controlplane.registry.schema import unknown_fields
+        except ImportError:  # pragma: no cover - schema.py is a sibling module
+            return []
+        if not kind.definition:
+            return []
+        unknown = unknown_fields(kind.definition, obj)
+        if not unknown:
+            return []
+        if mode == "Strict":
+            fields = ", ".join(f'unknown field "{p}"' for p in unknown)
+            raise bad_request(f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                              f"{kind.kind}: strict decoding error: {fields}")
+        for path in unknown:
+            codec.drop_path(obj, path)
+        return [] if mode == "Ignore" else [f'unknown field "{p}"' for p in unknown]
+
+    # -- create --------------------------------------------------------------------------
+
+    def _check_type(self, kind: KindInfo, obj: Any) -> Obj:
+        if not isinstance(obj, dict):
+            raise bad_request(f"the body of the request must be a {kind.kind} object")
+        if obj.get("kind") not in (None, "", kind.kind) or \
+                obj.get("apiVersion") not in (None, "", kind.api_version):
+            raise bad_request(f"the API version in the data ({obj.get('apiVersion')}) does not match "
+                              f"the expected API version ({kind.api_version})"
+                              if obj.get("kind") in (None, "", kind.kind) else
+                              f"{obj.get('kind')} in version \"{kind.version}\" cannot be handled "
+                              f"as a {kind.kind}")
+        out: Obj = copy.deepcopy(obj)
+        out["kind"], out["apiVersion"] = kind.kind, kind.api_version
+        if out.get("metadata") is None:
+            out["metadata"] = {}
+        if not isinstance(out["metadata"], dict):
+            raise bad_request("metadata must be an object")
+        return out
+
+    def _place(self, kind: KindInfo, namespace: str | None, obj: Obj) -> str | None:
+        """Reconcile the object's namespace with the request's."""
+        meta = obj["metadata"]
+        if not kind.namespaced:
+            meta.pop("namespace", None)
+            return None
+        ns = namespace or meta.get("namespace") or ""
+        if meta.get("namespace") and meta["namespace"] != ns:
+            raise bad_request("the namespace of the provided object does not match the namespace "
+                              "sent on the request")
+        if not ns:
+            raise bad_request("the namespace of the object is required")
+        meta["namespace"] = ns
+        return str(ns)
+
+    async def _live_namespace(self, kind: KindInfo, namespace: str | None, name: str) -> KeyValue | None:
+        """The namespace an object is created in: 404 if missing, 403 if terminating."""
+        if not kind.namespaced or not namespace:
+            return None
+        kv = await self.storage.get(codec.object_key(k.NAMESPACES, None, namespace))
+        if kv is None:
+            raise not_found("namespaces", namespace)
+        ns = codec.decode(kv)
+        if ns["metadata"].get("deletionTimestamp") or (ns.get("status") or {}).get("phase") == "Terminating":
+            raise APIError(403, "Forbidden",
+                           f'{kind.resource} "{name}" is forbidden: unable to create new content in '
+                           f"namespace {namespace} because it is being terminated",
+                           {"name": name, "group": kind.group, "kind": kind.plural,
+                            "causes": [{"reason": "NamespaceTerminating",
+                                        "message": f"namespace {namespace} is being terminated",
+                                        "field": "metadata.namespace"}]})
+        return kv
+
+    def _record_manager(self, kind: KindInfo, live: Obj | None, obj: Obj, manager: str,
+                        subresource: str | None) -> Obj:
+        """managedFields for a non-apply write: the writer owns what it added or changed
+        (kube's fieldmanager; server-side apply records its own in `apply_patch`)."""
+        from svcnet.controlplane.registry.apply import update_managed_fields
+        from svcnet.controlplane.registry.schema import node_for
+
+        node = node_for(kind.definition) if kind.definition else None
+        return update_managed_fields(live, obj, manager or "unknown", node,
+                                     subresource=subresource or "",
+                                     reset_fields=_reset_fields(kind, subresource))
+
+    async def create(self, kind: KindInfo, namespace: str | None, obj: Obj, *, dry_run: bool = False,
+                     field_manager: str = "", field_validation: str = "Strict"
+                     ) -> tuple[Obj, builtins.list[str]]:
+        return await self._create(kind, namespace, obj, dry_run, field_manager, field_validation,
+                                  record=True)
+
+    async def _create(self, kind: KindInfo, namespace: str | None, obj: Obj, dry_run: bool,
+                      field_manager: str, field_validation: str, *, record: bool
+                      ) -> tuple[Obj, builtins.list[str]]:
+        strategy = self._strategy(kind)
+        obj = self._check_type(kind, obj)
+        warnings = self._field_validation(kind, obj, field_validation)
+        ns = self._place(kind, namespace, obj)
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise bad_request("resourceVersion should not be set on objects to be created")
+        generated = not meta.get("name") and bool(meta.get("generateName"))
+        for _ in range(MAX_GENERATE_NAME_ATTEMPTS if generated else 1):
+            candidate = copy.deepcopy(obj)
+            if generated:
+                candidate["metadata"]["name"] = codec.generate_name(str(meta["generateName"]))
+            try:
+                return await self._create_once(kind, strategy, ns, candidate, dry_run,
+                                               field_manager if record else None), warnings
+            except APIError as err:
+                if not (generated and err.reason == "AlreadyExists"):
+                    raise
+        raise APIError(409, "AlreadyExists",
+                       f'{kind.resource} "{meta["generateName"]}" already exists, the server was not '
+                       "able to generate a unique name for the object",
+                       {"name": meta["generateName"], "group": kind.group, "kind": kind.plural})
+
+    async def _create_once(self, kind: KindInfo, strategy: Strategy, ns: str | None, obj: Obj,
+                           dry_run: bool, field_manager: str | None) -> Obj:
+        meta = obj["metadata"]
+        name = str(meta.get("name") or "")
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = codec.now_rfc3339()
+        for f in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+            meta.pop(f, None)
+        if strategy.tracks_generation:
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
+        strategy.prepare_for_create(obj)
+        strategy.default(obj)
+        raise_invalid(kind.kind, name, strategy.validate(obj), kind.group)
+        if field_manager is not None:
+            obj = self._record_manager(kind, None, obj, field_manager, None)
+        key = codec.object_key(kind, ns, name)
+        for _ in range(MAX_UPDATE_RETRIES):
+            ns_kv = await self._live_namespace(kind, ns, name)
+            plan = self._plan(kind, obj, None)
+            if dry_run:
+                if plan:
+                    plan.abort()
+                return obj
+            compares = [Compare(key, 0)]
+            if ns_kv is not None:
+                # the namespace must not start terminating between the check and the write
+                compares.append(Compare(ns_kv.key, ns_kv.mod_revision))
+            ops: builtins.list[Op] = [Put(key, codec.encode(obj))]
+            if plan:
+                compares += plan.compares()
+                ops += plan.ops()
+            res = await self.storage.txn(compares, ops)
+            if res.succeeded:
+                if plan:
+                    plan.commit()
+                return codec.decode(res.kvs[key])
+            if plan:
+                plan.abort()
+            if res.current.get(key) is not None:
+                raise already_exists(kind.plural, name, kind.group)
+            # the namespace changed or another server took an allocation: try again
+        raise APIError(409, "Conflict", f'{kind.resource} "{name}": too many concurrent changes')
+
+    def _plan(self, kind: KindInfo, obj: Obj, old: Obj | None) -> AllocationPlan | None:
+        if kind is not k.SERVICES:
+            return None
+        meta = obj["metadata"]
+        return self.allocator.plan(obj, old, owner=f"{meta.get('namespace')}/{meta.get('name')}")
+
+    # -- update --------------------------------------------------------------------------
+
+    async def update(self, kind: KindInfo, namespace: str | None, name: str, obj: Obj, *,
+                     subresource: str | None = None, dry_run: bool = False, field_manager: str = "",
+                     field_validation: str = "Strict") -> tuple[Obj, builtins.list[str]]:
+        strategy = self._strategy(kind)
+        obj = self._check_type(kind, obj)
+        warnings = self._field_validation(kind, obj, field_validation)
+        ns = self._ns(kind, namespace)
+        meta = obj["metadata"]
+        if meta.get("name") and meta["name"] != name:
+            raise bad_request(f"the name of the object ({meta['name']}) does not match the name on "
+                              f"the URL ({name})")
+        meta["name"] = name
+        self._place(kind, ns, obj) if kind.namespaced else meta.pop("namespace", None)
+        requested_rv = str(meta.get("resourceVersion") or "")
+        key = codec.object_key(kind, ns, name)
+        for _ in range(MAX_UPDATE_RETRIES):
+            kv = await self.storage.get(key)
+            if kv is None:
+                if subresource or not strategy.allow_create_on_update:
+                    raise not_found(kind.plural, name, kind.group)
+                if requested_rv:
+                    raise not_found(kind.plural, name, kind.group)
+                return await self.create(kind, ns, obj, dry_run=dry_run, field_manager=field_manager,
+                                         field_validation="Ignore")
+            old = codec.decode(kv)
+            if requested_rv and requested_rv != str(kv.mod_revision):
+                raise conflict(kind.plural, name, kind.group)
+            try:
+                result = await self._update_from(kind, strategy, kv, old, copy.deepcopy(obj),
+                                                 subresource, dry_run, field_manager, "Update")
+            except _Retry:
+                if requested_rv:
+                    raise conflict(kind.plural, name, kind.group) from None
+                continue
+            return result, warnings
+        raise conflict(kind.plural, name, kind.group)
+
+    async def _update_from(self, kind: KindInfo, strategy: Strategy, kv: KeyValue, old: Obj,
+                           new: Obj, subresource: str | None, dry_run: bool, field_manager: str,
+                           operation: str) -> Obj:
+        """Turn the requested object into the stored one and write it if it changed.
+        Raises _Retry when the object moved on since `kv` was read."""
+        name = old["metadata"]["name"]
+        new["kind"], new["apiVersion"] = kind.kind, kind.api_version
+        if not isinstance(new.get("metadata"), dict):
+            new["metadata"] = {}
+        if subresource == "status":
+            if not strategy.has_status:
+                raise not_found(f"{kind.plural}/status", name, kind.group)
+            strategy.prepare_for_status_update(new, old)
+        elif subresource == "finalize" and kind is k.NAMESPACES:
+            fins = (new.get("spec") or {}).get("finalizers") or []
+            new.clear()
+            new.update(copy.deepcopy(old))
+            new.setdefault("spec", {})["finalizers"] = fins
+        elif subresource:
+            raise not_found(f"{kind.plural}/{subresource}", name, kind.group)
+        else:
+            nm, om = new["metadata"], old["metadata"]
+            for f in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+                      "generation", "namespace", "name"):
+                if f in om:
+                    nm[f] = om[f]
+                else:
+                    nm.pop(f, None)
+            strategy.prepare_for_update(new, old)
+        new["metadata"].pop("resourceVersion", None)
+        new["metadata"].pop("selfLink", None)
+        strategy.default(new)
+        errs: builtins.list[FieldError] = strategy.validate(new)
+        errs += object_meta_update(new["metadata"], old["metadata"])
+        errs += strategy.validate_update(new, old)
+        if subresource == "status":
+            errs += strategy.validate_status(new, old)
+        if old["metadata"].get("deletionTimestamp"):
+            added = set(new["metadata"].get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
+            if added:
+                errs.append(forbidden("metadata.finalizers",
+                                      "no new finalizers can be added if the object is being deleted, "
+                                      f"found new finalizers {json.dumps(sorted(added))}"))
+        raise_invalid(kind.kind, name, errs, kind.group)
+        if strategy.tracks_generation and strategy.spec_changed(new, old):
+            new["metadata"]["generation"] = int(old["metadata"].get("generation") or 0) + 1
+        if operation != "Apply":
+            new = self._record_manager(kind, old, new, field_manager, subresource)
+        if _same(new, old):
+            return old  # a no-op write: no new resourceVersion, no watch event
+        plan = self._plan(kind, new, old) if subresource is None else None
+        if dry_run:
+            if plan:
+                plan.abort()
+            return new | {"metadata": {**new["metadata"], "resourceVersion": old["metadata"]["resourceVersion"]}}
+        meta = new["metadata"]
+        finalize = (meta.get("deletionTimestamp") and not meta.get("finalizers")
+                    and not meta.get("deletionGracePeriodSeconds"))
+        if finalize and kind is not k.NAMESPACES:
+            # The last finalizer is gone: the deletion that was waiting completes now.
+            if plan:
+                plan.abort()
+            return await self._remove(kind, kv, new)
+        compares = [Compare(kv.key, kv.mod_revision)]
+        ops: builtins.list[Op] = [Put(kv.key, codec.encode(new))]
+        if plan:
+            compares += plan.compares()
+            ops += plan.ops()
+        res = await self.storage.txn(compares, ops)
+        if not res.succeeded:
+            if plan:
+                plan.abort()
+            raise _Retry()
+        if plan:
+            plan.commit()
+        stored = codec.decode(res.kvs[kv.key])
+        if kind is k.NAMESPACES and meta.get("deletionTimestamp"):
+            await self._maybe_finalize_namespace(name)
+        return stored
+
+    # -- patch ---------------------------------------------------------------------------
+
+    async def patch(self, kind: KindInfo, namespace: str | None, name: str, patch_type: str,
+                    body: bytes, *, subresource: str | None = None, dry_run: bool = False,
+                    field_manager: str = "", force: bool = False, field_validation: str = "Strict"
+                    ) -> tuple[Obj, bool, builtins.list[str]]:
+        from svcnet.controlplane.registry import patch as patches
+        from svcnet.controlplane.registry.schema import node_for
+
+        strategy = self._strategy(kind)
+        if patch_type not in _PATCH_TYPES:
+            raise APIError(415, "UnsupportedMediaType", f"unsupported patch type {patch_type!r}")
+        apply = patch_type == "application/apply-patch+yaml"
+        try:
+            doc = yaml.safe_load(body) if apply else json.loads(body or b"null")
+        except (ValueError, yaml.YAMLError) as err:
+            raise bad_request(f"error decoding patch: {err}") from None
+        if patch_type == "application/json-patch+json":
+            if not isinstance(doc, list):
+                raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+        elif not isinstance(doc, dict):
+            raise bad_request("error decoding patch: the patch must be a JSON object")
+        if apply and not field_manager:
+            raise bad_request("PATCH, application/apply-patch+yaml requires fieldManager parameter")
+        node = node_for(kind.definition) if kind.definition else None
+        ns = self._ns(kind, namespace)
+        key = codec.object_key(kind, ns, name)
+        for _ in range(MAX_UPDATE_RETRIES):
+            kv = await self.storage.get(key)
+            if kv is None:
+                if not apply or subresource:
+                    raise not_found(kind.plural, name, kind.group)
+                applied = self._check_type(kind, doc)
+                applied["metadata"].setdefault("name", name)
+                if applied["metadata"]["name"] != name:
+                    raise bad_request(f"the name of the object ({applied['metadata']['name']}) does "
+                                      f"not match the name on the URL ({name})")
+                new = patches.apply_patch(None, applied, field_manager, force, node,
+                                          reset_fields=_reset_fields(kind, None))
+                new.get("metadata", {}).pop("resourceVersion", None)
+                warnings = self._field_validation(kind, new, field_validation)
+                created, _ = await self._create(kind, ns, new, dry_run, field_manager, "Ignore",
+                                                record=False)
+                return created, True, warnings
+            old = codec.decode(kv)
+            current = copy.deepcopy(old)
+            if patch_type == "application/json-patch+json":
+                new = patches.json_patch(current, doc)
+            elif patch_type == "application/merge-patch+json":
+                new = patches.merge_patch(current, doc)
+            elif patch_type == "application/strategic-merge-patch+json":
+                new = patches.strategic_merge_patch(current, doc, node)
+            else:
+                applied = self._check_type(kind, doc)
+                new = patches.apply_patch(current, applied, field_manager, force, node,
+                                          subresource=subresource or "",
+                                          reset_fields=_reset_fields(kind, subresource))
+            if not isinstance(new, dict):
+                raise APIError(422, "Invalid", "the patched object must be a JSON object")
+            requested_rv = str((new.get("metadata") or {}).get("resourceVersion") or "")
+            if requested_rv and requested_rv != str(kv.mod_revision):
+                raise conflict(kind.plural, name, kind.group)
+            new = self._check_type(kind, new)
+            if new["metadata"].get("name", name) != name:
+                raise bad_request("metadata.name: Invalid value: the name of the object may not change")
+            warnings = self._field_validation(kind, new, field_validation)
+            try:
+                result = await self._update_from(kind, strategy, kv, old, new, subresource, dry_run,
+                                                 field_manager, "Apply" if apply else "Update")
+            except _Retry:
+                if requested_rv:
+                    raise conflict(kind.plural, name, kind.group) from None
+                continue
+            return result, False, warnings
+        raise conflict(kind.plural, name, kind.group)
+
+    # -- delete --------------------------------------------------------------------------
+
+    async def delete(self, kind: KindInfo, namespace: str | None, name: str, *,
+                     options: dict[str, Any] | None = None, dry_run: bool = False) -> Obj:
+        strategy = self._strategy(kind)
+        opts = options or {}
+        ns = self._ns(kind, namespace)
+        key = codec.object_key(kind, ns, name)
+        policy = opts.get("propagationPolicy") or "Background"
+        if policy not in ("Background", "Foreground", "Orphan"):
+            raise bad_request(f'propagationPolicy: Unsupported value: "{policy}": supported values: '
+                              '"Background", "Foreground", "Orphan"')
+        if kind is k.NAMESPACES and name in PROTECTED_NAMESPACES:
+            raise APIError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may '
+                           "not be deleted", {"name": name, "kind": "namespaces"})
+        for _ in range(MAX_UPDATE_RETRIES):
+            kv = await self.storage.get(key)
+            if kv is None:
+                raise not_found(kind.plural, name, kind.group)
+            old = codec.decode(kv)
+            self._check_preconditions(kind, old, opts.get("preconditions") or {})
+            try:
+                if kind is k.NAMESPACES:
+                    return await self._delete_namespace(kv, old, dry_run)
+                result = await self._delete_once(kind, strategy, kv, old, opts, dry_run)
+            except _Retry:
+                continue
+            return result
+        raise conflict(kind.plural, name, kind.group)
+
+    @staticmethod
+    def _check_preconditions(kind: KindInfo, obj: Obj, pre: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        name = meta.get("name", "")
+        if pre.get("uid") and pre["uid"] != meta.get("uid"):
+            raise APIError(409, "Conflict", f'Operation cannot be fulfilled on {kind.resource} "{name}": '
+                           f"Precondition failed: UID in precondition: {pre['uid']}, UID in object "
+                           f"meta: {meta.get('uid')}", {"name": name, "group": kind.group, "kind": kind.plural})
+        if pre.get("resourceVersion") and pre["resourceVersion"] != meta.get("resourceVersion"):
+            raise APIError(409, "Conflict", f'Operation cannot be fulfilled on {kind.resource} "{name}": '
+                           "Precondition failed: ResourceVersion in precondition: "
+                           f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                           f"{meta.get('resourceVersion')}",
+                           {"name": name, "group": kind.group, "kind": kind.plural})
+
+    async def _delete_once(self, kind: KindInfo, strategy: Strategy, kv: KeyValue, old: Obj,
+                           opts: dict[str, Any], dry_run: bool) -> Obj:
+        meta = old["metadata"]
+        if kind is k.PODS:
+            grace = self._pod_grace(old, opts)
+            if grace > 0:
+                current = meta.get("deletionGracePeriodSeconds")
+                if meta.get("deletionTimestamp") and current is not None and current <= grace:
+                    return old  # already terminating at least this fast
+                new = copy.deepcopy(old)
+                new["metadata"]["deletionTimestamp"] = codec.now_rfc3339(grace)
+                new["metadata"]["deletionGracePeriodSeconds"] = grace
+                return await self._write_meta(kv, new, dry_run)
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp") and not meta.get("deletionGracePeriodSeconds"):
+                return old
+            new = copy.deepcopy(old)
+            new["metadata"].setdefault("deletionTimestamp", codec.now_rfc3339())
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            return await self._write_meta(kv, new, dry_run)
+        if dry_run:
+            return old
+        removed = await self._remove(kind, kv, old)
+        if opts.get("propagationPolicy") != "Orphan":
+            self._collect_dependents(kind, old)
+        else:
+            self._orphan_dependents(kind, old)
+        return removed
+
+    @staticmethod
+    def _pod_grace(pod: Obj, opts: dict[str, Any]) -> int:
+        """kube's pod graceful deletion: unscheduled or finished pods go at once."""
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+            return 0
+        grace = opts.get("gracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+        try:
+            return max(0, int(grace))
+        except (TypeError, ValueError):
+            raise bad_request(f"gracePeriodSeconds: Invalid value: {grace!r}") from None
+
+    async def _write_meta(self, kv: KeyValue, new: Obj, dry_run: bool) -> Obj:
+        if dry_run:
+            return new
+        res = await self.storage.update(kv.key, codec.encode(new), kv.mod_revision)
+        if not res.succeeded:
+            raise _Retry()
+        return codec.decode(res.kvs[kv.key])
+
+    async def _remove(self, kind: KindInfo, kv: KeyValue, last: Obj) -> Obj:
+        """Delete the key (and a Service's allocations) if it is still at `kv`'s revision."""
+        plan = self.allocator.release_all(last) if kind is k.SERVICES else None
+        ops: builtins.list[Op] = [Delete(kv.key)]
+        if plan:
+            ops += plan.ops()
+        res = await self.storage.txn([Compare(kv.key, kv.mod_revision)], ops)
+        if not res.succeeded:
+            raise _Retry()
+        if plan:
+            plan.commit()
+        out = copy.deepcopy(last)
+        out["metadata"]["resourceVersion"] = str(res.revision)
+        ns = out["metadata"].get("namespace")
+        if kind.namespaced and ns:
+            await self._maybe_finalize_namespace(ns)
+        return out
+
+    async def delete_collection(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
+                                field_selector: str = "", dry_run: bool = False) -> Obj:
+        listed = await self.list(kind, namespace, label_selector=label_selector,
+                                 field_selector=field_selector)
+        items = []
+        for obj in listed["items"]:
+            meta = obj["metadata"]
+            try:
+                items.append(await self.delete(kind, meta.get("namespace"), meta["name"],
+                                               options={"preconditions": {"uid": meta.get("uid")}},
+                                               dry_run=dry_run))
+            except APIError as err:
+                if err.code not in (404, 409):
+                    raise
+        return {"kind": kind.list_kind, "apiVersion": kind.api_version,
+                "metadata": {"resourceVersion": str(self.storage.revision)}, "items": items}
+
+    # -- namespaces and garbage collection ------------------------------------------------
+
+    async def _delete_namespace(self, kv: KeyValue, old: Obj, dry_run: bool) -> Obj:
+        """Namespace deletion as the namespace controller does it: mark Terminating,
+        delete the content, then drop the `kubernetes` finalizer and the namespace."""
+        name = old["metadata"]["name"]
+        if dry_run:
+            return old
+        if not old["metadata"].get("deletionTimestamp"):
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = codec.now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new.setdefault("status", {})["phase"] = "Terminating"
+            old = await self._write_meta(kv, new, False)
+        for kind in k.KINDS:
+            if not kind.namespaced:
+                continue
+            page = await self.storage.range(codec.kind_prefix(kind, name))
+            for item in page.kvs:
+                obj = codec.decode(item)
+                try:
+                    await self.delete(kind, name, obj["metadata"]["name"],
+                                      options={"preconditions": {"uid": obj["metadata"].get("uid")}})
+                except APIError as err:
+                    if err.code not in (404, 409):
+                        raise
+        final = await self._maybe_finalize_namespace(name)
+        return final or old
+
+    async def _maybe_finalize_namespace(self, name: str) -> Obj | None:
+        """Remove a terminating namespace once nothing is left in it."""
+        key = codec.object_key(k.NAMESPACES, None, name)
+        for _ in range(MAX_UPDATE_RETRIES):
+            kv = await self.storage.get(key)
+            if kv is None:
+                return None
+            ns = codec.decode(kv)
+            if not ns["metadata"].get("deletionTimestamp"):
+                return None
+            for kind in k.KINDS:
+                if kind.namespaced and (await self.storage.range(codec.kind_prefix(kind, name),
+                                                                 limit=1)).kvs:
+                    return ns
+            fins = [f for f in (ns.get("spec") or {}).get("finalizers") or [] if f != NAMESPACE_FINALIZER]
+            if fins or ns["metadata"].get("finalizers"):
+                if fins != (ns.get("spec") or {}).get("finalizers"):
+                    new = copy.deepcopy(ns)
+                    new.setdefault("spec", {})["finalizers"] = fins
+                    try:
+                        return await self._write_meta(kv, new, False)
+                    except _Retry:
+                        continue
+                return ns
+            try:
+                return await self._remove(k.NAMESPACES, kv, ns)
+            except _Retry:
+                continue
+        return None
+
+    def _collect_dependents(self, kind: KindInfo, owner: Obj) -> None:
+        """Background cascading deletion: objects whose ownerReferences name the deleted
+        owner's uid are deleted (kube's garbage collector, inline)."""
+        uid = owner["metadata"].get("uid")
+        if not uid:
+            return
+        task = asyncio.create_task(self._gc(kind, owner, uid, orphan=False))
+        self._gc_tasks.add(task)
+        task.add_done_callback(self._gc_tasks.discard)
+
+    def _orphan_dependents(self, kind: KindInfo, owner: Obj) -> None:
+        uid = owner["metadata"].get("uid")
+        if not uid:
+            return
+        task = asyncio.create_task(self._gc(kind, owner, uid, orphan=True))
+        self._gc_tasks.add(task)
+        task.add_done_callback(self._gc_tasks.discard)
+
+    async def _gc(self, kind: KindInfo, owner: Obj, uid: str, orphan: bool) -> None:
+        ns = owner["metadata"].get("namespace") if kind.namespaced else None
+        try:
+            for dep_kind in k.KINDS:
+                if kind.namespaced and not dep_kind.namespaced:
+                    continue  # a namespaced owner cannot own cluster-scoped objects
+                prefix = codec.kind_prefix(dep_kind, ns if dep_kind.namespaced else None)
+                for kv in (await self.storage.range(prefix)).kvs:
+                    obj = codec.decode(kv)
+                    refs = obj["metadata"].get("ownerReferences") or []
+                    if not any(isinstance(r, dict) and r.get("uid") == uid for r in refs):
+                        continue
+                    meta = obj["metadata"]
+                    try:
+                        if orphan or len(refs) > 1:
+                            kept = [r for r in refs if r.get("uid") != uid]
+                            patch = json.dumps({"metadata": {"ownerReferences": kept or None}}).encode()
+                            await self.patch(dep_kind, meta.get("namespace"), meta["name"],
+                                             "application/merge-patch+json", patch,
+                                             field_manager="garbage-collector")
+                        else:
+                            await self.delete(dep_kind, meta.get("namespace"), meta["name"],
+                                              options={"preconditions": {"uid": meta.get("uid")}})
+                    except APIError as err:
+                        if err.code not in (404, 409):
+                            log.warning("garbage collection of %s %s/%s failed: %s", dep_kind.kind,
+                                        meta.get("namespace"), meta["name"], err.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failed sweep must not take the server down
+            log.exception("garbage collection after %s %s failed", kind.kind, uid)
+
+    # -- watch ---------------------------------------------------------------------------
+
+    async def watch(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
+                    field_selector: str = "", resource_version: str = "",
+                    allow_bookmarks: bool = False) -> AsyncIterator[tuple[str, Obj]]:
+        self._strategy(kind)
+        match = self._selectors(kind, label_selector, field_selector)
+        prefix = codec.kind_prefix(kind, self._ns(kind, namespace))
+        if resource_version in ("", "0"):
+            page = await self.storage.range(prefix)
+            initial = [codec.decode(kv) for kv in page.kvs]
+            start = page.revision + 1
+            requested = page.revision
+        else:
+            requested = _parse_rv(resource_version)
+            start = requested + 1
+            initial = []
+            if requested < self.storage.compact_revision:
+                raise gone(f"too old resource version: {requested} ({self.storage.compact_revision})")
+        w = self.storage.watch(prefix, start)
+        try:
+            for obj in initial:
+                if match(obj):
+                    yield "ADDED", self._typed(kind, obj)
+            timeout = self.bookmark_interval if allow_bookmarks else None
+            while True:
+                try:
+                    ev = await w.next(timeout)
+                except CompactedError as err:
+                    raise gone(f"too old resource version: {requested} ({err.compact_revision})") from None
+                except WatchClosed:
+                    return
+                if ev is None:
+                    yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
+                                       "metadata": {"resourceVersion": str(w.progress_revision)}}
+                    continue
+                new = codec.decode(ev.kv) if ev.kv is not None else None
+                old = codec.decode(ev.prev_kv, ev.revision) if ev.prev_kv is not None else None
+                now_in = new is not None and match(new)
+                was_in = old is not None and match(old)
+                if new is not None and now_in:
+                    yield ("MODIFIED" if was_in else "ADDED"), self._typed(kind, new)
+                elif was_in and old is not None:
+                    yield "DELETED", self._typed(kind, old)
+        finally:
+            w.close()
+
+    @staticmethod
+    def _typed(kind: KindInfo, obj: Obj) -> Obj:
+        obj.setdefault("kind", kind.kind)
+        obj.setdefault("apiVersion", kind.api_version)
+        return obj
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def _maintenance(self) -> None:
+        """Compaction (history kept for `compaction_interval`) and Event expiry."""
+        seen = self.storage.revision
+        while True:
+            await asyncio.sleep(self.compaction_interval)
+            try:
+                if seen > self.storage.compact_revision:
+                    await self.storage.compact(seen)
+                seen = self.storage.revision
+                await self.expire_events()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registry maintenance failed")
+
+    async def expire_events(self) -> int:
+        """Delete Events older than `event_ttl` (kube-apiserver keeps them in etcd with a
+        lease of --event-ttl); returns how many went."""
+        cutoff = codec.parse_rfc3339(codec.now_rfc3339(-int(self.event_ttl)))
+        assert cutoff is not None
+        gone_count = 0
+        for kv in (await self.storage.range(codec.kind_prefix(k.EVENTS))).kvs:
+            ev = codec.decode(kv)
+            stamp = (ev.get("lastTimestamp") or ev.get("eventTime")
+                     or ev["metadata"].get("creationTimestamp") or "")
+            when = codec.parse_rfc3339(str(stamp)[:19] + "Z" if stamp else "")
+            if when is not None and when < cutoff:
+                with contextlib.suppress(_Retry):
+                    await self._remove(k.EVENTS, kv, ev)
+                    gone_count += 1
+        return gone_count
+
+
+def _reset_fields(kind: KindInfo, subresource: str | None) -> tuple[str, ...]:
+    """Fields a write cannot set, so the field manager does not record them."""
+    if "status" not in kind.subresources:
+        return ()
+    return ("spec",) if subresource == "status" else ("status",)
+
+
+def _same(new: Obj, old: Obj) -> bool:
+    """Equal apart from resourceVersion (a no-op write). The field manager keeps an
+    entry's time when its ownership did not change, so managedFields compare too."""
+    def strip(o: Obj) -> Obj:
+        meta = {f: v for f, v in (o.get("metadata") or {}).items() if f != "resourceVersion"}
+        return {**o, "metadata": meta}
+    return strip(new) == strip(old)
+
+
+def _parse_rv(value: str) -> int:
+    try:
+        rv = int(value)
+    except ValueError:
+        raise bad_request(f"resourceVersion: Invalid value: {json.dumps(value)}: must be an "
+                          "integer") from None
+    if rv < 0:
+        raise bad_request(f"resourceVersion: Invalid value: {json.dumps(value)}: must be positive")
+    return rv
