@@ -35,8 +35,7 @@ import json
 import logging
 import platform
 from enum import Enum
-from types import TracebackType
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, NamedTuple
+from typing import Any, Awaitable, Callable, Mapping
 
 from yarl import URL
 
@@ -45,13 +44,14 @@ from svcnet.apiclient.kubeconfig import KubeConfig, load_config
 from svcnet.apiclient.objects import Obj, meta
 from svcnet.apiclient.resources import Resource
 from svcnet.apiclient.transport import AiohttpTransport, Request, Response, Transport
+from svcnet.apiclient.watch import Watch, WatchEvent
+
+__all__ = ["PatchType", "RestClient", "Watch", "WatchEvent", "label_selector_from_spec", "selector_string"]
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 USER_AGENT = f"svcnet/0.1 ({platform.system().lower()}/{platform.machine()})"
-# One event larger than this means the stream is not what the API promises.
-MAX_EVENT_BYTES = 64 << 20
 # How long a watch may be silent beyond its timeoutSeconds before it counts as dead.
 WATCH_READ_GRACE = 30.0
 MAX_RETRY_AFTER = 30.0
@@ -67,11 +67,6 @@ class PatchType(str, Enum):
     MERGE = "application/merge-patch+json"
     STRATEGIC = "application/strategic-merge-patch+json"
     APPLY = "application/apply-patch+yaml"  # server-side apply; needs field_manager
-
-
-class WatchEvent(NamedTuple):
-    type: str  # ADDED | MODIFIED | DELETED | BOOKMARK
-    object: Obj
 
 
 def selector_string(selector: Selector) -> str | None:
@@ -294,7 +289,7 @@ class RestClient:
         # connecting, and bounded silence so a vanished server is noticed.
         request = self._request("GET", resource.path(namespace), params, None, JSON, timeout=None,
                                 connect_timeout=self.timeout, read_timeout=read_timeout, stream=True)
-        return Watch(self, request, f"watch {resource.plural}")
+        return Watch(self.send, request, f"watch {resource.plural}")
 
     # -- plumbing --------------------------------------------------------------
 
@@ -400,101 +395,6 @@ class RestClient:
             log.info("retrying after the server asked to what=%s code=%d delay=%.1fs attempt=%d",
                      what, resp.status, delay, attempt)
             await self._sleep(delay)
-
-
-class Watch:
-    """One watch stream: an async context manager and an async iterator of WatchEvents."""
-
-    def __init__(self, client: RestClient, request: Request, what: str) -> None:
-        self._client, self._request, self._what = client, request, what
-        self._resp: Response | None = None
-        self._events: AsyncIterator[WatchEvent] | None = None
-        self._closed = False
-
-    async def __aenter__(self) -> Watch:
-        await self._open()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
-
-    def __aiter__(self) -> Watch:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        if self._closed:
-            raise StopAsyncIteration
-        if self._events is None:
-            await self._open()
-            assert self._events is not None
-        try:
-            return await self._events.__anext__()
-        except BaseException:  # the end, an ERROR event, a broken stream, or cancellation
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._resp is not None:
-            await self._resp.close()
-            self._resp = None
-        events, self._events = self._events, None
-        if events is not None:
-            try:
-                await events.aclose()  # type: ignore[attr-defined]
-            except RuntimeError:  # closed from another task while it reads: the read fails
-                pass
-
-    async def _open(self) -> None:
-        if self._resp is not None or self._closed:
-            return
-        self._resp = await self._client.send(self._request, self._what)
-        self._events = self._decode(self._resp)
-
-    async def _decode(self, resp: Response) -> AsyncIterator[WatchEvent]:
-        buf = bytearray()
-        async for chunk in resp.iter_chunks():
-            scan_from = len(buf)  # only new bytes can hold the next newline
-            buf += chunk
-            start = 0
-            while (nl := buf.find(b"\n", scan_from)) >= 0:
-                for event in self._parse(bytes(buf[start:nl])):
-                    yield event
-                start = scan_from = nl + 1
-            del buf[:start]
-            if len(buf) > MAX_EVENT_BYTES:
-                raise errors.DecodeError(f"{self._what}: an event is larger than {MAX_EVENT_BYTES} bytes")
-        for event in self._parse(bytes(buf)):  # a final event without a newline
-            yield event
-
-    def _parse(self, line: bytes) -> list[WatchEvent]:
-        text = line.strip()
-        if not text:
-            return []
-        out: list[WatchEvent] = []
-        decoder, s, pos = json.JSONDecoder(), text.decode("utf-8", "replace"), 0
-        # Normally one event per line, but JSON framing allows several back to back.
-        while pos < len(s):
-            try:
-                doc, end = decoder.raw_decode(s, pos)
-            except ValueError as e:
-                raise errors.DecodeError(f"{self._what}: undecodable event: {e}") from None
-            pos = end
-            while pos < len(s) and s[pos].isspace():
-                pos += 1
-            out.append(self._event(doc))
-        return out
-
-    def _event(self, doc: Any) -> WatchEvent:
-        if not isinstance(doc, dict) or not isinstance(doc.get("object"), dict):
-            raise errors.DecodeError(f"{self._what}: not a watch event: {str(doc)[:200]}")
-        etype = str(doc.get("type") or "")
-        if etype == "ERROR":
-            raise errors.from_status(doc["object"])
-        if etype not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
-            raise errors.DecodeError(f"{self._what}: unknown watch event type {etype!r}")
-        return WatchEvent(etype, doc["object"])
 
 
 def _name_for_message(obj: Obj) -> str:
