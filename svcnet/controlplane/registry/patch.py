@@ -17,8 +17,8 @@
 Server-side apply lives in `apply.py`; `apply_patch` is re-exported here.
 
 Inputs are never modified. Errors raise `APIError`: malformed patches 400 BadRequest;
-patches that are well formed but cannot be applied (a failed ``test``, a missing path,
-content that contradicts ``$retainKeys``) 422 Invalid, as kube-apiserver answers (it
+JSON patches that are well formed but cannot be applied (a failed ``test``, a missing
+path) 422 Invalid, as kube-apiserver answers (it
 reports JSON-patch application errors as 422 too). The message says what failed and where.
 """
 
@@ -459,8 +459,8 @@ def _apply_retain_keys(original: dict[str, Any], patch: dict[str, Any]) -> None:
         if value is None or key.startswith((_DELETE_PRIMITIVE, _SET_ORDER)):
             continue
         if key not in keep:
-            raise unprocessable(f"patch content doesn't match retainKeys list: {key!r} is not "
-                                f"in {_compact(retain)}")
+            raise bad_request(f"invalid patch format of retainKeys: {key!r} is set but not "
+                              f"listed in $retainKeys {_compact(retain)}")
     for key in list(original):
         if key not in keep:
             del original[key]
