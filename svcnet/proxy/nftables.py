@@ -163,9 +163,10 @@ def compute_family(
                 added.extend(new.elements)
         elements = count_elements(previous.elements, removed, added)
     else:
+        # sorted: the rendered text (--dry-run, golden tests) must not depend on event order
         services = {
-            spn: service_rules(sp, state.endpoints.get(spn, ()), state, f)
-            for spn, sp in state.services.items()
+            spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), state, f)
+            for spn in sorted(state.services)
         }
         elements = count_elements(None, (), [e for sr in services.values() for e in sr.elements])
         elements = count_elements(elements, (), fixed_elements)
@@ -289,7 +290,7 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
         n = len(eps)
         for i, e in enumerate(eps[:-1]):
             rules.append(f"numgen random mod {n - i} 0 goto {endpoint_chain(spn, e)}")
-        rules.append(f"goto {endpoint_chain(spn, eps[-1])}")
+        rules.append(f"goto {endpoint_chain(spn, eps[-1])} {comment}")
         chains.append(Chain(name, tuple(rules)))
 
     svc_chain, loc_chain = service_chain(spn), local_chain(spn)
