@@ -15,6 +15,7 @@ dir, always killed at the end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -249,3 +250,53 @@ async def test_forced_410_relists_and_delivers_only_differences(apiserver: ApiSe
             await eventually(lambda: rec.events[-1][:2] == ("add", "later"))
     finally:
         await stop(task)
+
+
+async def test_verbs_and_typed_errors_against_the_apiserver(apiserver: ApiServer) -> None:
+    from svcnet.apiclient import errors
+    from svcnet.apiclient.client import PatchType
+    from svcnet.apiclient.kubeconfig import load_kubeconfig
+
+    async with RestClient.from_kubeconfig(str(apiserver.kubeconfig)) as admin:
+        await admin.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+        for i in range(7):
+            await admin.create(SERVICES, service(f"p{i}"))
+        listed = await admin.list_all(SERVICES, NS, page_size=3)
+        assert [o["metadata"]["name"] for o in listed["items"]] == [f"p{i}" for i in range(7)]
+        assert all(o["kind"] == "Service" for o in listed["items"])
+        with pytest.raises(errors.AlreadyExists):
+            await admin.create(SERVICES, service("p0"))
+        with pytest.raises(errors.NotFound):
+            await admin.get(SERVICES, "nosuch", NS)
+        svc = await admin.get(SERVICES, "p0", NS)
+        await admin.patch(SERVICES, "p0", {"metadata": {"labels": {"a": "1"}}}, NS)
+        with pytest.raises(errors.Conflict):
+            await admin.update(SERVICES, svc)  # svc carries the resourceVersion before the patch
+        out = await admin.patch(SERVICES, "p0", {"metadata": {"labels": {"b": "2"}}}, NS,
+                                patch_type=PatchType.MERGE)
+        assert out["metadata"]["labels"] == {"a": "1", "b": "2"}
+        out = await admin.patch(SERVICES, "p0", [{"op": "remove", "path": "/metadata/labels/a"}], NS,
+                                patch_type=PatchType.JSON)
+        assert out["metadata"]["labels"] == {"b": "2"}
+        applied = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "p0", "labels": {"c": "3"}}}
+        out = await admin.patch(SERVICES, "p0", applied, NS, patch_type=PatchType.APPLY,
+                                field_manager="svcnet-it", force=True)
+        assert out["metadata"]["labels"]["c"] == "3"
+        bad = service("bad")
+        bad["spec"]["ports"] = [{"port": 80}, {"port": 81}]  # two ports need names
+        with pytest.raises(errors.Invalid) as invalid:
+            await admin.create(SERVICES, bad)
+        assert any(c.field == "spec.ports[0].name" for c in invalid.value.causes)
+        await admin.delete(SERVICES, "p1", NS)
+        with pytest.raises(errors.NotFound):
+            await admin.delete(SERVICES, "p1", NS)
+
+    readonly = apiserver.kubeconfig.with_name("admin-readonly.kubeconfig")
+    async with RestClient.from_kubeconfig(str(readonly)) as agent:
+        assert len((await agent.list(SERVICES, NS))["items"]) == 6
+        with pytest.raises(errors.Forbidden):
+            await agent.create(SERVICES, service("nope"))
+    cfg = load_kubeconfig(apiserver.kubeconfig)
+    async with RestClient.from_config(dataclasses.replace(cfg, token="not-a-token")) as stranger:
+        with pytest.raises(errors.Unauthorized):
+            await stranger.list(SERVICES, NS)
