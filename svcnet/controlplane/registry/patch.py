@@ -41,10 +41,10 @@ MAX_JSON_PATCH_OPERATIONS = 10000
 
 
 def unprocessable(message: str) -> APIError:
-    """422 as kube-apiserver returns for a patch that cannot be applied. The cause carries
-    the message too, so kubectl prints `The request is invalid: <message>`."""
-    return APIError(422, "Invalid", message,
-                    {"causes": [{"reason": "UnexpectedServerResponse", "message": message}]})
+    """422 as kube-apiserver returns for a patch that cannot be applied. Without details
+    kubectl prints `The request is invalid: <message>` (kube's own Status puts the text in
+    a cause behind a generic message; saying it directly reads better)."""
+    return APIError(422, "Invalid", message)
 
 
 def json_equal(a: Any, b: Any) -> bool:

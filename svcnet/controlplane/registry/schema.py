@@ -362,9 +362,6 @@ def _to_openapi(schema: Mapping[str, Any], owner: str = "", name: str = "") -> d
         if key == "type":
             if t and t != "int-or-string":
                 out["type"] = t
-        elif key in ("oneOf", "anyOf") and t in ("int-or-string", "string") and all(
-                isinstance(a, Mapping) and "$ref" not in a for a in value):
-            continue  # folded into type/format below, as upstream renders IntOrString/Quantity
         elif key == "properties":
             out["properties"] = {p: _to_openapi(v, owner, p) for p, v in value.items()}
         elif key in _NESTED_SCHEMA_KEYS and isinstance(value, Mapping):
@@ -373,11 +370,10 @@ def _to_openapi(schema: Mapping[str, Any], owner: str = "", name: str = "") -> d
             out[key] = [_to_openapi(v) for v in value]
         else:
             out[key] = value
-    if t == "int-or-string":
-        out.update(type="string", format="int-or-string")
-        out["x-kubernetes-int-or-string"] = True
-    elif t == "string" and not schema.get("type"):
-        out["type"] = "string"
+    if t == "int-or-string" and "oneOf" in schema:
+        # Upstream's v3 IntOrString: oneOf integer|string with this format and no
+        # top-level type, which is also what makes `kubectl explain` print <IntOrString>.
+        out["format"] = "int-or-string"
     ref = schema.get("$ref")
     if isinstance(ref, str):
         target = {"$ref": _COMPONENT_PREFIX + _ref_name(ref)}
