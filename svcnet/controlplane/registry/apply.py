@@ -243,8 +243,48 @@ def decode_managed_fields(entries: Any) -> list[ManagerEntry]:
     return out
 
 
+# capmanagers.go: at most this many Update entries; older ones fold into one bucket per
+# apiVersion named "ancient-changes", so managedFields stay bounded however many
+# controllers and users write an object.
+MAX_UPDATE_MANAGERS = 10
+_ANCIENT_CHANGES = "ancient-changes"
+
+
+def _cap_update_managers(entries: list[ManagerEntry]) -> list[ManagerEntry]:
+    updaters = sorted((e for e in entries if e.operation == "Update"), key=lambda e: e.time)
+    if len(updaters) <= MAX_UPDATE_MANAGERS:
+        return entries
+    kept = [e for e in entries if e.operation != "Update"]
+    # Buckets from earlier capping keep collecting (one per apiVersion).
+    buckets: dict[str, ManagerEntry] = {
+        e.api_version: e for e in updaters if e.manager == _ANCIENT_CHANGES and not e.subresource}
+    updaters = [e for e in updaters if all(e is not b for b in buckets.values())]
+    remaining = len(updaters) + len(buckets)
+    first_seen: dict[str, ManagerEntry] = {}
+    survivors: list[ManagerEntry] = []
+    for entry in updaters:
+        version = entry.api_version
+        if remaining <= MAX_UPDATE_MANAGERS:
+            survivors.append(entry)
+        elif version in buckets:
+            bucket = buckets[version]
+            bucket.fields |= entry.fields
+            bucket.time = entry.time  # the newer update's time, as kube does
+            remaining -= 1
+        elif version in first_seen:
+            first = first_seen.pop(version)
+            survivors.remove(first)
+            buckets[version] = ManagerEntry(_ANCIENT_CHANGES, "Update", version, entry.time,
+                                            first.fields | entry.fields)
+            remaining -= 1
+        else:
+            first_seen[version] = entry
+            survivors.append(entry)
+    return kept + survivors + list(buckets.values())
+
+
 def _encode_all(entries: Iterable[ManagerEntry]) -> list[dict[str, Any]]:
-    kept = [e for e in entries if e.fields]
+    kept = _cap_update_managers([e for e in entries if e.fields])
     # sortEncodedManagedFields: operation, then time, then manager, apiVersion, subresource.
     kept.sort(key=lambda e: (e.operation, e.time, e.manager, e.api_version, e.subresource))
     return [e.encode() for e in kept]
@@ -392,6 +432,29 @@ def _remove_path(obj: Any, path: Path, node: SchemaNode | None) -> None:
 
 # -- apply ------------------------------------------------------------------------------------
 
+def _check_duplicate_keys(value: Any, node: SchemaNode | None, path: Path) -> None:
+    """An applied configuration may not list one associative-list key twice (SMD refuses
+    to build a typed value from it); the live object is tolerated as it is."""
+    node = node or free_form()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)):
+                _check_duplicate_keys(item, node.field(str(key)), path + (f"f:{key}",))
+    elif isinstance(value, list) and node.type == "array":
+        seen: set[str] = set()
+        is_keyed = node.list_type in ("set", "map")
+        for item in value:
+            if is_keyed:
+                pe = (_item_key(item, node, node.list_map_keys) if node.list_type == "map"
+                      else "v:" + _json(item))
+                if pe in seen:
+                    raise APIError(422, "Invalid",
+                                   f"{path_string(path)}: duplicate entries for key "
+                                   f"{path_string((pe,))}")
+                seen.add(pe)
+            _check_duplicate_keys(item, node.items, path)
+
+
 def _conflict_error(conflicts: list[tuple[ManagerEntry, Path]]) -> APIError:
     conflicts.sort(key=lambda c: (c[0].describe(), path_string(c[1])))
     causes = [{"reason": "FieldManagerConflict", "message": f"conflict with {m.describe()}",
@@ -427,6 +490,7 @@ def apply_patch(live: dict[str, Any] | None, applied: dict[str, Any], manager: s
     reset = tuple(reset_fields)
     stamp = now or _now()
     api_version = str(applied["apiVersion"])
+    _check_duplicate_keys(applied, node, ())
     managers = _managers_of(live, node, reset)
     me = ManagerEntry(manager, "Apply", api_version, stamp, fields_of(applied, node, reset),
                       subresource)

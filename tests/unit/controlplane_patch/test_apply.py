@@ -233,3 +233,35 @@ def test_fields_v1_roundtrip_and_path_strings() -> None:
                        ".spec.ports[port=80,protocol=\"TCP\"]",
                        ".spec.ports[port=80,protocol=\"TCP\"].port",
                        ".spec.ports[port=80,protocol=\"TCP\"].targetPort", ".spec.selector"]
+
+
+def test_apply_rejects_duplicate_list_map_keys() -> None:
+    applied = service(ports=[{"port": 80}, {"port": 80, "protocol": "TCP", "name": "x"}])
+    with pytest.raises(APIError) as err:
+        apply_patch(None, applied, "kubectl", False, SVC)
+    assert err.value.code == 422
+    assert err.value.message == ('.spec.ports: duplicate entries for key '
+                                 '[port=80,protocol="TCP"]')
+
+
+def test_update_managers_are_capped_into_ancient_changes() -> None:
+    obj = update_managed_fields(None, service(), "creator", SVC, now="2026-01-01T00:00:00Z")
+    for i in range(12):
+        new = copy.deepcopy(obj)
+        new["metadata"].setdefault("labels", {})[f"l{i}"] = "v"
+        obj = update_managed_fields(obj, new, f"writer-{i:02d}", SVC,
+                                    now=f"2026-01-01T00:{i + 1:02d}:00Z")
+    entries = obj["metadata"]["managedFields"]
+    names = [e["manager"] for e in entries]
+    assert len(entries) == 10
+    assert "ancient-changes" in names and "creator" not in names and "writer-00" not in names
+    ancient = next(e for e in entries if e["manager"] == "ancient-changes")
+    # The bucket holds everything the folded managers owned.
+    assert "f:selector" in ancient["fieldsV1"]["f:spec"]
+    assert set(ancient["fieldsV1"]["f:metadata"]["f:labels"]) >= {"f:l0", "f:l1"}
+    # Further writers fold into the same bucket instead of a second one.
+    new = copy.deepcopy(obj)
+    new["metadata"]["labels"]["late"] = "v"
+    obj = update_managed_fields(obj, new, "late-writer", SVC, now="2026-01-01T01:00:00Z")
+    names = [e["manager"] for e in obj["metadata"]["managedFields"]]
+    assert len(names) == 10 and names.count("ancient-changes") == 1 and "late-writer" in names
