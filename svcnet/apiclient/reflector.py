@@ -204,8 +204,17 @@ class Reflector:
             log.info("watch failed resource=%s rv=%s error=%s: backing off", self.name,
                      self.last_resource_version, _brief(e))
             return "backoff"
-        except (errors.TooManyRequests, errors.ServiceUnavailable, errors.ServerTimeout,
-                errors.InternalError) as e:
+        except errors.ServerTimeout as e:
+            if _too_large_rv(e):
+                # The server is behind our resourceVersion (restored from a backup, or a
+                # lagging replica): start over from what it has now.
+                log.warning("watch rv=%s is newer than the server resource=%s: relisting at the "
+                            "latest state", self.last_resource_version, self.name)
+                self._last_rv_unavailable = True
+                return "relist"
+            log.info("watch refused resource=%s error=%s: backing off", self.name, _brief(e))
+            return "backoff"
+        except (errors.TooManyRequests, errors.ServiceUnavailable, errors.InternalError) as e:
             log.info("watch refused resource=%s error=%s: backing off", self.name, _brief(e))
             return "backoff"
         if received == 0:

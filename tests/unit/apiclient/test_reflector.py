@@ -202,6 +202,17 @@ async def test_watch_that_cannot_start_backs_off_and_keeps_its_rv(fake: FakeApi,
     assert running.reflector.stats.lists == 1
 
 
+async def test_watch_rv_newer_than_the_server_relists_latest(fake: FakeApi, running: Running) -> None:
+    fake.fail_next("GET", 504, status(504, "Timeout", "Too large resource version: 102, current: 90"),
+                   {"Retry-After": "0"}, watch=True)
+    for _ in range(3):  # the client's own retries of a Retry-After answer see the same
+        fake.fail_next("GET", 504, status(504, "Timeout", "Too large resource version: 102, current: 90"),
+                       {"Retry-After": "0"}, watch=True)
+    await fake.break_watches()
+    await eventually(lambda: running.reflector.stats.lists == 2 and len(fake.watchers) == 1)
+    assert list_queries(fake)[-1] == {"limit": "1"}  # the latest state, not "not older than 102"
+
+
 def test_backoff_grows_caps_and_resets_after_quiet(clock: FakeClock) -> None:
     b = Backoff(clock, initial=1, maximum=8, jitter=0.0, reset_after=60)
     assert [b.next() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
