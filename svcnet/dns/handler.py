@@ -94,6 +94,7 @@ class Handler:
         """Reply messages for one query (several for a zone transfer, none to drop it)."""
         start = time.perf_counter()
         table = self.metrics.table
+        data = bytes(data)
         try:
             q = wire.parse_query(data)
         except wire.DropError:
