@@ -24,6 +24,7 @@ class Controller:
     """A named work queue and its workers; subclasses implement `sync`."""
 
     name = "controller"
+    stale_recheck = 1.0  # seconds; see StaleCache
 
     def __init__(self) -> None:
         self.queue = RateLimitingQueue(self.name)
@@ -56,7 +57,12 @@ class Controller:
                 self.syncs += 1
             except asyncio.CancelledError:
                 raise
-            except (errors.Conflict, errors.AlreadyExists, errors.NotFound, StaleCache) as e:
+            except StaleCache as e:
+                # Our own write's watch event is on its way and enqueues the key again;
+                # the timer only covers a lost event.
+                self.queue.add_after(key, self.stale_recheck)
+                log.debug("%s: waiting for the cache key=%s: %s", self.name, key, e)
+            except (errors.Conflict, errors.AlreadyExists, errors.NotFound) as e:
                 # Someone wrote in between, or our cache is behind: read again and retry.
                 delay = self.queue.add_rate_limited(key)
                 log.info("%s: retrying key=%s in %.3fs: %s", self.name, key, delay, e)

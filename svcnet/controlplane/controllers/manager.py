@@ -234,6 +234,7 @@ class SchedulerController(Controller):
         self.inf, self.client, self.events = inf, client, events
         self.assumed: dict[str, str] = {}  # pod key -> node, until the cache shows the binding
         self.use_binding = True
+        self._cycle = asyncio.Lock()
         inf.pods.add_handler(FuncHandler(on_add=self._pod, on_update=lambda o, n: self._pod(n),
                                          on_delete=self._pod_deleted))
         inf.nodes.add_handler(FuncHandler(on_add=lambda n: self._retry_pending(),
@@ -254,21 +255,29 @@ class SchedulerController(Controller):
                 self.enqueue(key_of(pod))
 
     async def sync(self, key: str) -> None:
-        pod = self.inf.pods.get(key)
-        if pod is None or not sched.needs_scheduling(pod) or key in self.assumed:
-            return
-        counts = sched.count_pods(self.inf.pods.list())
-        for pkey, node in self.assumed.items():
-            cached = self.inf.pods.get(pkey)
-            if cached is not None and not node_name_of(cached):
-                counts[node] += 1
-        decision = sched.schedule(pod, self.inf.nodes.list(), counts)
+        # Decide one pod at a time and assume the result before binding, as kube-scheduler's
+        # scheduling cycle does: concurrent decisions would all pick the same emptiest node.
+        async with self._cycle:
+            pod = self.inf.pods.get(key)
+            if pod is None or not sched.needs_scheduling(pod) or key in self.assumed:
+                return
+            counts = sched.count_pods(self.inf.pods.list())
+            for pkey, node in self.assumed.items():
+                cached = self.inf.pods.get(pkey)
+                if cached is not None and not node_name_of(cached):
+                    counts[node] += 1
+            decision = sched.schedule(pod, self.inf.nodes.list(), counts)
+            if decision.node is not None:
+                self.assumed[key] = decision.node
         if decision.node is None:
             await self._unschedulable(pod, decision.message)
             self.queue.add_after(key, self.retry_unschedulable)
             return
-        await self._bind(pod, decision.node)
-        self.assumed[key] = decision.node
+        try:
+            await self._bind(pod, decision.node)
+        except BaseException:
+            self.assumed.pop(key, None)  # forget the assumption; the retry decides afresh
+            raise
         log.info("scheduled pod=%s node=%s", key, decision.node)
         await self.events.record(pod, "Normal", "Scheduled",
                                  f"Successfully assigned {key} to {decision.node}")
@@ -372,6 +381,7 @@ class DeploymentController(Controller):
         self.inf, self.client, self.clock, self.events = inf, client, clock, events
         self.expectations = Expectations()
         self.deleted_uids: dict[str, str] = {}
+        self.status_written: dict[str, str] = {}  # key -> resourceVersion of our last status write
         inf.deployments.add_handler(FuncHandler(
             on_add=lambda d: self.enqueue(key_of(d)), on_update=lambda o, n: self.enqueue(key_of(n)),
             on_delete=self._deployment_deleted))
@@ -409,10 +419,16 @@ class DeploymentController(Controller):
         d = self.inf.deployments.get(key)
         ns = key.partition("/")[0]
         if d is None:
+            self.status_written.pop(key, None)
             await self._collect_garbage(key, ns)
             return
         if not self.expectations.satisfied(key):
             return  # the informer events that satisfy them enqueue the key again
+        written = self.status_written.get(key)
+        if written is not None:
+            if not _rv_at_least(meta(d).get("resourceVersion"), written):
+                raise StaleCache(f"the cache has not seen our status write of {key} yet")
+            del self.status_written[key]
         now = self.clock.now()
         plan = deploy_plan.plan(d, self.inf.pods.by_index("namespace", ns), now)
         if plan.create or plan.delete:
@@ -421,7 +437,8 @@ class DeploymentController(Controller):
         await self._delete(key, plan.delete)
         await self._create(key, plan.pod_template, plan.create)
         if plan.status is not None:
-            await self.client.update_status(DEPLOYMENTS, {**d, "status": plan.status}, ns)
+            made = await self.client.update_status(DEPLOYMENTS, {**d, "status": plan.status}, ns)
+            self.status_written[key] = str(meta(made).get("resourceVersion") or "")
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
 
