@@ -100,8 +100,8 @@ class BoundedFrequencyRunner:
             self._retry_at = at
         self._wakeup.set()
 
-    def next_run_at(self) -> float:
-        now = self.clock.now()
+    def next_run_at(self, now: float | None = None) -> float:
+        now = self.clock.now() if now is None else now
         if self._last_run is None:
             return now if self._requested else now + self.max_interval
         due = self._last_run + self.max_interval
@@ -117,7 +117,7 @@ class BoundedFrequencyRunner:
         while True:
             self._wakeup.clear()
             now = self.clock.now()
-            due = self.next_run_at()
+            due = self.next_run_at(now)
             if due > now:
                 await self.clock.wait(self._wakeup, due - now)
                 continue

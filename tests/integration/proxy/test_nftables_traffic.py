@@ -1,0 +1,223 @@
+"""nftables mode with real packets: a node namespace running `svcnet proxy`, pods on
+veths running echo servers, an external client. Every row of kube-proxy's feature
+table is shown by where connections land and which source the backend saw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from helpers.netns import NetnsPool
+from tests.integration.proxy.lab import (
+    CLIENT_POD,
+    EXT_IP,
+    GATEWAY,
+    NODE_IP,
+    PODS,
+    PY,
+    ProxyLab,
+    reached,
+    sources,
+    wait_for,
+)
+from tests.unit.proxy.builders import ep, eps, svc
+
+pytestmark = pytest.mark.root
+
+P1, P2, P3 = PODS["pod1"], PODS["pod2"], PODS["pod3"]
+TCPUDP = (("tcp", 8080, "TCP"), ("udp", 8053, "UDP"))
+ALL = {"pod1", "pod2", "pod3"}
+N = 24  # new connections per check: P(missing one of 3 endpoints) = 3 * (2/3)^24 < 2e-4
+
+
+def pod(ip: str, node: str = "node-b", **kw: Any) -> dict[str, Any]:
+    return ep(ip, node=node, **kw)
+
+
+def objects(udp_backend: str = P2) -> list[dict[str, Any]]:
+    return [
+        svc("web", "10.96.0.10", ("tcp", 80, "TCP", 30080), ("udp", 53, "UDP", 30053), type="NodePort",
+            externalIPs=["198.18.0.10"]),
+        eps("web", pod(P1, "node-a"), pod(P2), pod(P3), ports=TCPUDP),
+        svc("empty", "10.96.0.11", ("tcp", 80, "TCP", 30081), type="NodePort"),
+        svc("local", "10.96.0.12", ("tcp", 80, "TCP", 30082), type="LoadBalancer", externalTrafficPolicy="Local",
+            healthCheckNodePort=32082, status={"loadBalancer": {"ingress": [{"ip": "198.18.1.12"}]}}),
+        eps("local", pod(P1, "node-a"), pod(P2), ports=TCPUDP),
+        svc("nolocal", "10.96.0.13", ("tcp", 80, "TCP", 30083), type="NodePort", externalTrafficPolicy="Local",
+            healthCheckNodePort=32083),
+        eps("nolocal", pod(P2), ports=TCPUDP),
+        svc("lbok", "10.96.0.14", ("tcp", 80, "TCP", 30084), type="LoadBalancer",
+            loadBalancerSourceRanges=[f"{EXT_IP}/32"], status={"loadBalancer": {"ingress": [{"ip": "198.18.1.14"}]}}),
+        eps("lbok", pod(P2), ports=TCPUDP),
+        svc("lbdeny", "10.96.0.15", ("tcp", 80, "TCP", 30085), type="LoadBalancer",
+            loadBalancerSourceRanges=["203.0.113.0/24"], status={"loadBalancer": {"ingress": [{"ip": "198.18.1.15"}]}}),
+        eps("lbdeny", pod(P2), ports=TCPUDP),
+        svc("itp", "10.96.0.16", ("tcp", 80, "TCP"), internalTrafficPolicy="Local"),
+        eps("itp", pod(P1, "node-a"), pod(P2), pod(P3), ports=TCPUDP),
+        svc("aff", "10.96.0.17", ("tcp", 80, "TCP"), sessionAffinity="ClientIP"),
+        eps("aff", pod(P1), pod(P2), pod(P3), ports=TCPUDP),
+        svc("hairpin", "10.96.0.18", ("tcp", 80, "TCP")),
+        eps("hairpin", pod(P1, "node-a"), ports=TCPUDP),
+        svc("term", "10.96.0.19", ("tcp", 80, "TCP")),
+        eps("term", pod(P2, ready=False, serving=True, terminating=True),
+            pod(P3, ready=False, serving=False, terminating=True), ports=TCPUDP),
+        svc("sctp", "10.96.0.20", ("sctp", 80, "SCTP", 30090), type="NodePort"),
+        eps("sctp", pod(P2), ports=(("sctp", 8080, "SCTP"),)),
+        svc("udpct", "10.96.0.21", ("udp", 53, "UDP")),
+        eps("udpct", pod(udp_backend), ports=TCPUDP),
+        svc("ignored", "10.96.0.22", ("tcp", 80, "TCP"), labels={"service.kubernetes.io/service-proxy-name": "x"}),
+        eps("ignored", pod(P1), ports=TCPUDP),
+    ]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ProxyLab]:
+    with NetnsPool("svpx") as pool:
+        lab = ProxyLab(pool, tmp_path_factory.mktemp("proxy"))
+        lab.write_objects(objects())
+        lab.start_proxy()
+        failed_before = request.session.testsfailed
+        yield lab
+        if request.session.testsfailed > failed_before or request.config.getoption("--keep-artifacts"):
+            (lab.workdir / "nft-ruleset.txt").write_text(lab.nft())
+            print(f"\nproxy artifacts in {lab.workdir}\n--- proxy log ---\n{lab.log()}")
+
+
+def test_cluster_ip_from_a_pod_reaches_every_endpoint_without_masquerade(lab: ProxyLab) -> None:
+    r = lab.probe("client", "tcp", "10.96.0.10", 80, N)
+    assert reached(r) == ALL and sources(r) == {CLIENT_POD}
+
+
+def test_cluster_ip_udp_reaches_every_endpoint(lab: ProxyLab) -> None:
+    r = lab.probe("client", "udp", "10.96.0.10", 53, N)
+    assert reached(r) == ALL and sources(r) == {CLIENT_POD}
+
+
+def test_cluster_ip_from_the_node_and_from_outside_is_masqueraded(lab: ProxyLab) -> None:
+    r = lab.probe("node", "tcp", "10.96.0.10", 80, 6)
+    assert reached(r) <= ALL and sources(r) == {GATEWAY}
+    r = lab.probe("ext", "tcp", "10.96.0.10", 80, 6)
+    assert reached(r) <= ALL and sources(r) == {GATEWAY}
+
+
+def test_wrong_port_rejected_unallocated_dropped_no_endpoints_rejected(lab: ProxyLab) -> None:
+    assert lab.probe("client", "tcp", "10.96.0.10", 81) == [["!refused"]]
+    assert lab.probe("client", "tcp", "10.96.0.99", 80, timeout=0.7) == [["!timeout"]]
+    assert lab.probe("client", "tcp", "10.96.0.11", 80) == [["!refused"]]
+    assert lab.probe("ext", "tcp", NODE_IP, 30081) == [["!refused"]]
+
+
+def test_nodeport_and_external_ip_from_outside(lab: ProxyLab) -> None:
+    for ip, port in ((NODE_IP, 30080), ("198.18.0.10", 80)):
+        r = lab.probe("ext", "tcp", ip, port, N)
+        assert reached(r) == ALL and sources(r) == {GATEWAY}, (ip, r)
+    r = lab.probe("ext", "udp", NODE_IP, 30053, N)
+    assert reached(r) == ALL and sources(r) == {GATEWAY}
+
+
+def test_external_traffic_policy_local_keeps_the_client_ip(lab: ProxyLab) -> None:
+    for ip, port in ((NODE_IP, 30082), ("198.18.1.12", 80)):
+        r = lab.probe("ext", "tcp", ip, port, 12)
+        assert reached(r) == {"pod1"} and sources(r) == {EXT_IP}, (ip, r)
+    # pods short-circuit to every endpoint, unmasqueraded
+    r = lab.probe("client", "tcp", "198.18.1.12", 80, N)
+    assert reached(r) == {"pod1", "pod2"} and sources(r) == {CLIENT_POD}
+    # no local endpoint: dropped, not rejected
+    assert lab.probe("ext", "tcp", NODE_IP, 30083, timeout=0.7) == [["!timeout"]]
+
+
+def test_health_check_node_port(lab: ProxyLab) -> None:
+    script = ("import json,sys,urllib.request as u\n"
+              "try:\n r=u.urlopen(sys.argv[1],timeout=5); c=r.status; b=r.read()\n"
+              "except u.HTTPError as e:\n c=e.code; b=e.read()\n"
+              "print(json.dumps([c, json.loads(b)]))")
+
+    def get(port: int) -> list[Any]:
+        out = lab.pool.run(lab.ext, PY, "-c", script, f"http://{NODE_IP}:{port}/")
+        return list(json.loads(out.stdout))
+
+    wait_for(lambda: _port_open(lab, 32082), 10, lambda: "health check port not served")
+    code, body = get(32082)
+    assert code == 200 and body == {"service": {"namespace": "ns1", "name": "local"}, "localEndpoints": 1,
+                                    "serviceProxyHealthy": True}
+    code, body = get(32083)
+    assert code == 503 and body["localEndpoints"] == 0
+
+
+def _port_open(lab: ProxyLab, port: int) -> bool:
+    out = lab.pool.run(lab.node, "ss", "-Hltn", f"sport = :{port}", check=False)
+    return bool(out.stdout.strip())
+
+
+def test_load_balancer_source_ranges(lab: ProxyLab) -> None:
+    r = lab.probe("ext", "tcp", "198.18.1.14", 80, 3)
+    assert reached(r) == {"pod2"}
+    assert lab.probe("ext", "tcp", "198.18.1.15", 80, timeout=0.7) == [["!timeout"]]
+    # the NodePort of the same service is not subject to the ranges
+    assert reached(lab.probe("ext", "tcp", NODE_IP, 30085, 3)) == {"pod2"}
+
+
+def test_internal_traffic_policy_local(lab: ProxyLab) -> None:
+    r = lab.probe("client", "tcp", "10.96.0.16", 80, 12)
+    assert reached(r) == {"pod1"}
+
+
+def test_session_affinity_sticks(lab: ProxyLab) -> None:
+    r = lab.probe("client", "tcp", "10.96.0.17", 80, 12)
+    assert len(reached(r)) == 1, r
+
+
+def test_hairpin_is_masqueraded(lab: ProxyLab) -> None:
+    r = lab.probe("pod1", "tcp", "10.96.0.18", 80, 3)
+    assert reached(r) == {"pod1"} and sources(r) == {GATEWAY}
+
+
+def test_terminating_fallback_uses_serving_endpoints_only(lab: ProxyLab) -> None:
+    r = lab.probe("client", "tcp", "10.96.0.19", 80, 12)
+    assert reached(r) == {"pod2"}
+
+
+def test_ignored_service_is_not_translated(lab: ProxyLab) -> None:
+    assert lab.probe("client", "tcp", "10.96.0.22", 80, timeout=0.7) == [["!timeout"]]
+    assert "10.96.0.22" not in lab.nft()
+
+
+def test_sctp_init_arrives_translated_at_the_backend(lab: ProxyLab) -> None:
+    # No libpcap here: filter in Python. The kernel has no SCTP sockets, but
+    # netfilter still tracks and translates SCTP, which is what is under test.
+    sniff = ("import sys\nfrom scapy.all import sniff, SCTP, IP\n"
+             "p = sniff(lfilter=lambda x: SCTP in x, count=2, timeout=10,"
+             " started_callback=lambda: print('ready', flush=True))\n"
+             "print(' '.join(f'{x[IP].src}>{x[IP].dst}:{x[SCTP].dport}' for x in p), flush=True)")
+    sniffer = lab.pool.popen(lab.ns["pod2"], PY, "-c", sniff, stdout=subprocess.PIPE, text=True)
+    assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+    send = ("from scapy.all import IP, SCTP, SCTPChunkInit, send\n"
+            "for sport, dst, port in ((40000, '10.96.0.20', 80), (40001, '192.168.0.2', 30090)):\n"
+            " send(IP(dst=dst)/SCTP(sport=sport, dport=port, tag=0)/SCTPChunkInit(init_tag=7, a_rwnd=65535,"
+            " n_out_streams=1, n_in_streams=1, init_tsn=1), verbose=0)\n")
+    lab.pool.run(lab.ext, PY, "-c", send)
+    out, _ = sniffer.communicate(timeout=20)
+    # ClusterIP and NodePort both arrive at pod2:8080, masqueraded (off-cluster client)
+    assert sorted(out.split()) == [f"{GATEWAY}>{P2}:8080"] * 2, out
+
+
+def test_udp_conntrack_cleanup_moves_a_client_to_the_new_endpoint(lab: ProxyLab) -> None:
+    first = lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)
+    assert reached(first) == {"pod2"}
+    lab.apply(objects(udp_backend=P3))  # pod2 leaves, pod3 joins
+    # Same client socket (source port): without cleanup its conntrack entry would
+    # keep it on pod2 until the entry expired.
+    assert reached(lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)) == {"pod3"}
+
+
+def test_cleanup_removes_the_tables(tmp_path: Path) -> None:
+    with NetnsPool("svpc") as pool:
+        lab_ns = pool.netns("node")
+        pool.run(lab_ns, "nft", "-f", "-", input="table ip svcnet {}\ntable ip6 svcnet {}\ntable ip other {}\n")
+        out = pool.run(lab_ns, PY, "-m", "svcnet", "proxy", "--cleanup", check=False)
+        assert out.returncode == 0, out.stderr
+        assert pool.run(lab_ns, "nft", "list", "tables").stdout.split() == ["table", "ip", "other"]
