@@ -307,7 +307,8 @@ def _managers_of(live: Mapping[str, Any] | None, node: SchemaNode | None,
 
 def _compare(old: dict[Path, Any], new: dict[Path, Any]) -> tuple[FieldSet, FieldSet, FieldSet]:
     """(modified, added, removed) between two value maps."""
-    from svcnet.controlplane.registry.patch import json_equal  # shared JSON equality
+    # patch.py re-exports this module's functions, so it is imported here, not at the top.
+    from svcnet.controlplane.registry.patch import json_equal
     added = set(new) - set(old)
     removed = set(old) - set(new)
     modified = {p for p in set(old) & set(new) if not json_equal(old[p], new[p])}

@@ -492,11 +492,10 @@ def _apply_set_element_order(original: dict[str, Any], patch: dict[str, Any],
         if child is None or child.patch_strategy != "merge":
             original[field] = merged
             continue
-        kinds = {isinstance(v, dict) for v in merged}
-        key_for_order = merge_key if True in kinds else ""
-        server_order = [o for o in (live or [])]
+        # Primitive lists order by value, lists of maps by merge key.
+        key_for_order = merge_key if any(isinstance(v, dict) for v in merged) else ""
         ordered, server_only = _partition(merged, order, key_for_order)
-        original[field] = _normalize_order(ordered, server_only, order, server_order,
+        original[field] = _normalize_order(ordered, server_only, order, list(live or []),
                                            key_for_order)
 
 

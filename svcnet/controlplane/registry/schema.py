@@ -81,8 +81,8 @@ def schema_release() -> str:
     candidates = sorted((p.name for p in root.iterdir()
                          if p.name.endswith("-local") and (p / "_definitions.json").is_file()),
                         key=_release_key, reverse=True)
-    # Releases before 1.33 lack ServiceCIDR; files are only opened when the name alone
-    # cannot tell (the newest release is normally the answer).
+    # Releases before 1.33 lack networking.k8s.io/v1 ServiceCIDR; `definitions()` checks
+    # the chosen file really has it.
     for name in candidates:
         if _release_key(name) >= (1, 33, 0):
             return name
@@ -190,8 +190,7 @@ class SchemaNode:
         if self.schema.get("x-kubernetes-preserve-unknown-fields") or \
                 self.schema.get("x-kubernetes-embedded-resource"):
             return True
-        return self.type in ("object", "") and not self.properties and not self.is_map \
-            and self.type != "array"
+        return self.type in ("object", "") and not self.properties and not self.is_map
 
     @property
     def default(self) -> Any:
