@@ -13,11 +13,16 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import socket
 import uuid
+from typing import TYPE_CHECKING
 
 from svcnet.common.log_setup import setup_logging
 from svcnet.controlplane.controllers.manager import ALL_CONTROLLERS, ControllerManager, ManagerConfig
+
+if TYPE_CHECKING:
+    from svcnet.apiclient.api_source import ApiSource
 
 log = logging.getLogger("svcnet.controlplane.controllers")
 
@@ -120,6 +125,22 @@ async def _run(args: argparse.Namespace, config: ManagerConfig) -> int:
         log.error("cannot use kubeconfig %s: %s", args.kubeconfig or "(default)", e)
         return 2
     manager = ControllerManager(source, config)
+    # SIGTERM (what `svcnet lab down` and process supervisors send) ends the run like
+    # Ctrl-C: tasks are cancelled, watches and connections closed.
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if main_task is not None:
+        loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    try:
+        return await _lead_or_run(args, source, manager)
+    except asyncio.CancelledError:
+        log.info("terminated; stopped")
+        return 0
+    finally:
+        await source.client.close()  # also when we never led (the source never ran)
+
+
+async def _lead_or_run(args: argparse.Namespace, source: "ApiSource", manager: ControllerManager) -> int:
     if not args.leader_elect:
         await manager.run()
         return 0

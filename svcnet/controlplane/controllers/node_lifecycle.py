@@ -13,11 +13,13 @@ After Kubernetes' `nodelifecycle` controller (`tryUpdateNodeHealth`, `MarkPodsNo
   `startup_grace_period` (60 s) and reason `NodeStatusNeverUpdated`.
 * Pods on a node that is not Ready get their Ready condition set to False, so their
   endpoints leave every Service.
-* Recovery: when heartbeats resume, conditions this controller turned Unknown return to
-  the values the node last posted before going silent (a kubelet rewrites its own
-  status too; this is the safety net for agents that only renew their Lease). Pods whose
-  Ready condition this controller forced to False get Ready back from their
-  containerStatuses. Conditions set by anybody else are left alone.
+* Recovery: when heartbeats resume, the conditions this controller turned Unknown get
+  back the status and reason the node last posted (remembered in memory; after a
+  controller restart, what a live kubelet posts: Ready True/KubeletReady, pressures
+  False). A kubelet rewrites its own status too; this is the safety net for agents that
+  only renew their Lease. Pods whose Ready condition this controller forced to False
+  (reason NodeNotReady) get Ready back from their containerStatuses. Conditions set by
+  anybody else are left alone.
 
 Not implemented: NoExecute taints and eviction of pods from lost nodes, zone
 disruption states.
