@@ -265,3 +265,22 @@ def test_update_managers_are_capped_into_ancient_changes() -> None:
     obj = update_managed_fields(obj, new, "late-writer", SVC, now="2026-01-01T01:00:00Z")
     names = [e["manager"] for e in obj["metadata"]["managedFields"]]
     assert len(names) == 10 and names.count("ancient-changes") == 1 and "late-writer" in names
+
+
+def test_status_subresource_writer_is_its_own_manager() -> None:
+    live = created_by_client_side_apply()
+    new = copy.deepcopy(live)
+    new["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}
+    out = update_managed_fields(live, new, "lb-controller", SVC, subresource="status",
+                                reset_fields=("spec",), now=T1)
+    entry = managers(out)[("lb-controller", "Update")]
+    assert entry["subresource"] == "status"
+    assert entry["fieldsV1"] == {"f:status": {"f:loadBalancer": {"f:ingress": {}}}}
+    # A server-side apply of status by someone else names that manager and subresource.
+    applied = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}}}
+    with pytest.raises(APIError) as err:
+        apply_patch(out, applied, "other", False, SVC, subresource="status",
+                    reset_fields=("spec",))
+    assert err.value.message == ('Apply failed with 1 conflict: conflict with "lb-controller" '
+                                 'with subresource "status" using v1: .status.loadBalancer.ingress')
