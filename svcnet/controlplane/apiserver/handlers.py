@@ -237,6 +237,14 @@ class ResourceHandlers:
             neg = Negotiated()  # a watch stream is newline-delimited JSON
         label, field = self._selectors(request, t)
         q = request.query
+        if _bool(q, "sendInitialEvents"):
+            # Streaming lists need an initial-events-end bookmark the Registry does not mark;
+            # refusing (as a server without the WatchList gate does) makes clients list+watch.
+            raise APIError(422, "Invalid", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden "
+                           "for watch unless the WatchList feature gate is enabled",
+                           {"causes": [{"reason": "FieldValueForbidden", "field": "sendInitialEvents",
+                                        "message": "Forbidden: sendInitialEvents is forbidden for watch "
+                                                   "unless the WatchList feature gate is enabled"}]})
         timeout = _int(q, "timeoutSeconds")
         events = self.registry.watch(t.kind, t.namespace, label_selector=label, field_selector=field,
                                      resource_version=q.get("resourceVersion", ""),

@@ -89,6 +89,7 @@ class WatchStream:
                                        else default_timeout())
         iterator = self.events.__aiter__()
         pending: asyncio.Future[tuple[str, dict[str, Any]]] | None = None
+        stop = asyncio.ensure_future(self.stopping.wait())  # shutdown ends the stream at once
         try:
             while not self.stopping.is_set():
                 if pending is None:
@@ -96,8 +97,10 @@ class WatchStream:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                done, _ = await asyncio.wait({pending}, timeout=min(remaining, DISCONNECT_POLL_SECONDS))
-                if not done:
+                waiters: set[asyncio.Future[Any]] = {pending, stop}
+                done, _ = await asyncio.wait(waiters, timeout=min(remaining, DISCONNECT_POLL_SECONDS),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if pending not in done:
                     if request.transport is None or request.transport.is_closing():
                         break  # the client went away
                     continue
@@ -121,6 +124,7 @@ class WatchStream:
             log.debug("watch client disconnected kind=%s", self.spec.kind)
         finally:
             gauge.dec()
+            stop.cancel()
             if pending is not None:
                 pending.cancel()
                 with contextlib.suppress(BaseException):

@@ -225,3 +225,19 @@ async def test_metrics_count_requests(env: tuple[TestClient, FakeRegistry]) -> N
     assert 'apiserver_request_total{code="404",group="",resource="services",scope="resource",' \
            'subresource="",verb="GET",version="v1"} 1.0' in text
     assert "apiserver_registered_watchers" in text
+
+
+async def test_streaming_list_request_is_refused_so_clients_fall_back(env: tuple[TestClient, FakeRegistry]) -> None:
+    client, _ = env
+    r = await client.get("/api/v1/services?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+                         headers=ADMIN)
+    assert r.status == 422 and (await r.json())["reason"] == "Invalid"
+
+
+async def test_shutdown_ends_open_watches(env: tuple[TestClient, FakeRegistry]) -> None:
+    client, _ = env
+    from svcnet.controlplane.apiserver.app import state_of
+    resp = await client.get("/api/v1/services?watch=1", headers=ADMIN)
+    assert resp.status == 200
+    state_of(client.server.app).stopping.set()
+    assert await asyncio.wait_for(resp.content.read(), 1.5) == b""
