@@ -16,6 +16,8 @@ owns the connection: that serialises writes (one global revision, no lost update
 keeps the event loop free while SQLite fsyncs. A committed write is handed to watchers
 with `call_soon_threadsafe` from that thread, in commit order, before the writer's
 `await` returns; so a watch started from revision R sees every write after R exactly once.
+Writes queued while the thread is busy are committed together (group commit: one fsync
+for many writers, each still at its own revision and acknowledged only after COMMIT).
 
 Compaction at C deletes history rows at or before C except each key's newest live row,
 so reads at revision >= C still work and watches may start from C + 1.
@@ -27,6 +29,7 @@ import asyncio
 import collections
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,6 +80,9 @@ class SQLiteStorage(Storage):
         self._compact_revision = 0
         self._watchers: set[_SQLiteWatch] = set()
         self._closed = False
+        self._pending: list[tuple[tuple[Compare, ...], tuple[Op, ...], asyncio.Future[TxnResult]]] = []
+        self._pending_lock = threading.Lock()
+        self._flush_scheduled = False
 
     @classmethod
     async def open(cls, data_dir: Path) -> "SQLiteStorage":
@@ -188,59 +194,110 @@ class SQLiteStorage(Storage):
         keys = [op.key for op in ops]
         if len(set(keys)) != len(keys):
             raise StorageError("duplicate key given in txn request")
-        return await self._run(self._txn_sync, tuple(compares), tuple(ops))
+        if self._closed:
+            raise StorageError("storage is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[TxnResult] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((tuple(compares), tuple(ops), fut))
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self._executor.submit(self._flush_sync)
+        return await fut
 
-    def _txn_sync(self, compares: tuple[Compare, ...], ops: tuple[Op, ...]) -> TxnResult:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def _flush_sync(self) -> None:
+        """Group commit: every transaction queued so far, each at its own revision, in one
+        SQLite transaction, so concurrent writers share one fsync. Nothing is acknowledged
+        before the COMMIT that makes it durable."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            self._flush_scheduled = False
+        if not batch:
+            return
+        if self._conn is None:  # closed while these were queued
+            for _, _, fut in batch:
+                self._resolve(fut, None, StorageError("storage is closed"))
+            return
+        db = self._conn
+        start_revision = self._db_revision
+        results: list[tuple[TxnResult, list[WatchEvent]]] = []
         try:
-            current: dict[str, KeyValue | None] = {}
-            ok = True
-            for c in compares:
-                kv = self._current(c.key)
-                current[c.key] = kv
-                if (kv.mod_revision if kv else 0) != c.mod_revision:
-                    ok = False
-            if not ok:
-                db.execute("ROLLBACK")
-                return TxnResult(False, self._db_revision, current=current)
-            rev = self._db_revision + 1
-            prev: dict[str, KeyValue | None] = {}
-            new: dict[str, KeyValue] = {}
-            events: list[WatchEvent] = []
-            for op in ops:
-                old = self._current(op.key)
-                prev[op.key] = old
-                sub = len(events)
-                if isinstance(op, Put):
-                    kv = KeyValue(op.key, op.value, old.create_revision if old else rev, rev,
-                                  old.version + 1 if old else 1)
-                    db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)",
-                               (kv.key, kv.value, kv.create_revision, rev, kv.version))
-                    db.execute("INSERT INTO history VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
-                               (rev, sub, kv.key, kv.value, kv.create_revision, kv.version,
-                                old.mod_revision if old else 0))
-                    new[op.key] = kv
-                    events.append(WatchEvent("PUT", op.key, rev, kv, old))
-                elif old is not None:
-                    db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
-                    db.execute("INSERT INTO history VALUES (?, ?, ?, 1, NULL, NULL, NULL, ?)",
-                               (rev, sub, op.key, old.mod_revision))
-                    events.append(WatchEvent("DELETE", op.key, rev, None, old))
-            if not events:
-                db.execute("ROLLBACK")
-                return TxnResult(True, self._db_revision, current=current, prev=prev)
-            db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev,))
+            db.execute("BEGIN IMMEDIATE")
+            for compares, ops, _ in batch:
+                results.append(self._apply_sync(compares, ops))
+            if self._db_revision != start_revision:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self._db_revision,))
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise
-        self._db_revision = rev
+            self._db_revision = start_revision
+            for _, _, fut in batch:
+                self._resolve(fut, None, StorageError(f"write failed: {err}"))
+            log.error("storage write failed, %d transactions rolled back: %s", len(batch), err)
+            return
+        for (result, events), (_, _, fut) in zip(results, batch):
+            if events:
+                # Scheduled before the writer's future resolves: watchers hear first.
+                self._call(self._deliver, result.revision, events)
+            self._resolve(fut, result, None)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._loop is not None
-        # Scheduled before the writer's future resolves: watchers hear first.
-        self._loop.call_soon_threadsafe(self._deliver, rev, events)
-        return TxnResult(True, rev, current=current, prev=prev, kvs=new)
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def _resolve(self, fut: "asyncio.Future[TxnResult]", result: TxnResult | None,
+                 error: BaseException | None) -> None:
+        def done() -> None:
+            if fut.done():
+                return  # the writer gave up waiting; the write stands
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
+        self._call(done)
+
+    def _apply_sync(self, compares: tuple[Compare, ...], ops: tuple[Op, ...]
+                    ) -> tuple[TxnResult, list[WatchEvent]]:
+        """One transaction inside the open SQLite transaction."""
+        db = self._db
+        current: dict[str, KeyValue | None] = {}
+        ok = True
+        for c in compares:
+            kv = self._current(c.key)
+            current[c.key] = kv
+            if (kv.mod_revision if kv else 0) != c.mod_revision:
+                ok = False
+        if not ok:
+            return TxnResult(False, self._db_revision, current=current), []
+        rev = self._db_revision + 1
+        prev: dict[str, KeyValue | None] = {}
+        new: dict[str, KeyValue] = {}
+        events: list[WatchEvent] = []
+        for op in ops:
+            old = self._current(op.key)
+            prev[op.key] = old
+            sub = len(events)
+            if isinstance(op, Put):
+                kv = KeyValue(op.key, op.value, old.create_revision if old else rev, rev,
+                              old.version + 1 if old else 1)
+                db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)",
+                           (kv.key, kv.value, kv.create_revision, rev, kv.version))
+                db.execute("INSERT INTO history VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+                           (rev, sub, kv.key, kv.value, kv.create_revision, kv.version,
+                            old.mod_revision if old else 0))
+                new[op.key] = kv
+                events.append(WatchEvent("PUT", op.key, rev, kv, old))
+            elif old is not None:
+                db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+                db.execute("INSERT INTO history VALUES (?, ?, ?, 1, NULL, NULL, NULL, ?)",
+                           (rev, sub, op.key, old.mod_revision))
+                events.append(WatchEvent("DELETE", op.key, rev, None, old))
+        if not events:
+            return TxnResult(True, self._db_revision, current=current, prev=prev), []
+        self._db_revision = rev
+        return TxnResult(True, rev, current=current, prev=prev, kvs=new), events
 
     async def compact(self, revision: int) -> None:
         await self._run(self._compact_sync, revision)
