@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # command -> Debian package providing it
 APT_NEEDS := nft:nftables iptables:iptables conntrack:conntrack dig:dnsutils ip:iproute2 \
-             dnsperf:dnsperf unbound:unbound kubectl:kubectl
+             dnsperf:dnsperf unbound:unbound kubectl:kubectl etcd:etcd-server
 PYTEST_ARGS ?=
 
 .PHONY: demo test unit integration bootstrap apt clean bench lint
@@ -25,7 +25,9 @@ apt:
 	    { echo "warning: some packages could not be installed:$$missing" >&2; }; \
 	fi
 	@# Debian's unbound package may start a resolver on :53; svcnet's tests bring their own.
-	@command -v systemctl >/dev/null 2>&1 && systemctl disable --now unbound >/dev/null 2>&1 || true
+	@# Debian's unbound and etcd packages may start services on :53 and :2379/:2380;
+	@# svcnet's tests and labs bring their own, on ports of their own.
+	@command -v systemctl >/dev/null 2>&1 && systemctl disable --now unbound etcd >/dev/null 2>&1 || true
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) || { apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
