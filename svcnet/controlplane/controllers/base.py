@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from svcnet.apiclient import errors
+from svcnet.controlplane.controllers import metrics
 from svcnet.controlplane.controllers.workqueue import QueueShutDown, RateLimitingQueue
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,14 @@ class Controller:
         self.queue = RateLimitingQueue(self.name)
         self.syncs = 0
         self.failures = 0
+        self._adds = metrics.WORKQUEUE_ADDS.labels(self.name)
+        self._retries = metrics.WORKQUEUE_RETRIES.labels(self.name)
+        self._duration = metrics.WORKQUEUE_WORK_DURATION.labels(self.name)
+        metrics.WORKQUEUE_DEPTH.labels(self.name).set_function(lambda: len(self.queue))
 
     def enqueue(self, key: str) -> None:
         if key:
+            self._adds.inc()
             self.queue.add(key)
 
     async def sync(self, key: str) -> None:
@@ -61,17 +67,21 @@ class Controller:
                 # Our own write's watch event is on its way and enqueues the key again;
                 # the timer only covers a lost event.
                 self.queue.add_after(key, self.stale_recheck)
+                self._retries.inc()
                 log.debug("%s: waiting for the cache key=%s: %s", self.name, key, e)
             except (errors.Conflict, errors.AlreadyExists, errors.NotFound) as e:
                 # Someone wrote in between, or our cache is behind: read again and retry.
                 delay = self.queue.add_rate_limited(key)
+                self._retries.inc()
                 log.info("%s: retrying key=%s in %.3fs: %s", self.name, key, delay, e)
             except Exception as e:
                 self.failures += 1
                 delay = self.queue.add_rate_limited(key)
+                self._retries.inc()
                 log.warning("%s: sync failed key=%s retry_in=%.3fs: %s", self.name, key, delay, e,
                             exc_info=not isinstance(e, (errors.ApiError, errors.TransportError)))
             finally:
+                self._duration.observe(time.monotonic() - started)
                 self.queue.done(key)
                 log.debug("%s: synced key=%s in %.1f ms", self.name, key,
                           (time.monotonic() - started) * 1000)

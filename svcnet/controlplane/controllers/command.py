@@ -22,6 +22,8 @@ from svcnet.common.log_setup import setup_logging
 from svcnet.controlplane.controllers.manager import ALL_CONTROLLERS, ControllerManager, ManagerConfig
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from svcnet.apiclient.api_source import ApiSource
 
 log = logging.getLogger("svcnet.controlplane.controllers")
@@ -88,6 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leader-elect-lease-duration", type=parse_duration, default=15.0, metavar="DURATION")
     parser.add_argument("--leader-elect-renew-deadline", type=parse_duration, default=10.0, metavar="DURATION")
     parser.add_argument("--leader-elect-retry-period", type=parse_duration, default=2.0, metavar="DURATION")
+    parser.add_argument("--metrics-bind-address", default="", metavar="HOST:PORT",
+                        help="serve /metrics, /healthz and /readyz here (default: off)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug)")
 
 
@@ -131,13 +135,41 @@ async def _run(args: argparse.Namespace, config: ManagerConfig) -> int:
     loop = asyncio.get_running_loop()
     if main_task is not None:
         loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    runner = None
     try:
+        if args.metrics_bind_address:
+            runner = await _serve_metrics(args.metrics_bind_address, manager)
         return await _lead_or_run(args, source, manager)
+    except (ValueError, OSError) as e:  # a bad or busy --metrics-bind-address
+        log.error("--metrics-bind-address %s: %s", args.metrics_bind_address, e)
+        return 2
     except asyncio.CancelledError:
         log.info("terminated; stopped")
         return 0
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await source.client.close()  # also when we never led (the source never ran)
+
+
+async def _serve_metrics(address: str, manager: ControllerManager) -> "web.AppRunner":
+    from aiohttp import web
+
+    from svcnet.common.endpoints import metrics_handler, serve
+    from svcnet.controlplane.controllers.metrics import REGISTRY
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if manager.running:
+            return web.Response(text="ok")
+        return web.Response(status=503, text="caches not synced or not leading")
+
+    runner = await serve(address, {"/metrics": metrics_handler(REGISTRY), "/healthz": healthz,
+                                   "/readyz": readyz}, default_port=10257)
+    log.info("serving metrics and health on %s", address)
+    return runner
 
 
 async def _lead_or_run(args: argparse.Namespace, source: "ApiSource", manager: ControllerManager) -> int:

@@ -33,6 +33,7 @@ from svcnet.apiclient.objects import Obj, key_of, labels_of, meta, name_of, name
 from svcnet.apiclient.resources import DEPLOYMENTS, ENDPOINT_SLICES, EVENTS, LEASES, NODES, PODS, SERVICES, Resource
 from svcnet.controlplane.controllers import deployment as deploy_plan
 from svcnet.controlplane.controllers import endpointslice as es
+from svcnet.controlplane.controllers import metrics
 from svcnet.controlplane.controllers import node_lifecycle as nl
 from svcnet.controlplane.controllers import scheduler as sched
 from svcnet.controlplane.controllers.base import Controller, Expectations, StaleCache
@@ -209,6 +210,9 @@ class EndpointSliceController(Controller):
             except errors.NotFound:
                 pass
             written[name_of(obj)] = None
+        metrics.ENDPOINTSLICE_CHANGES.labels("create").inc(len(changes.create))
+        metrics.ENDPOINTSLICE_CHANGES.labels("update").inc(len(changes.update))
+        metrics.ENDPOINTSLICE_CHANGES.labels("delete").inc(len(changes.delete))
         log.info("endpointslices service=%s created=%d updated=%d deleted=%d", key,
                  len(changes.create), len(changes.update), len(changes.delete))
 
@@ -270,6 +274,7 @@ class SchedulerController(Controller):
             if decision.node is not None:
                 self.assumed[key] = decision.node
         if decision.node is None:
+            metrics.SCHEDULE_ATTEMPTS.labels("unschedulable").inc()
             await self._unschedulable(pod, decision.message)
             self.queue.add_after(key, self.retry_unschedulable)
             return
@@ -277,7 +282,9 @@ class SchedulerController(Controller):
             await self._bind(pod, decision.node)
         except BaseException:
             self.assumed.pop(key, None)  # forget the assumption; the retry decides afresh
+            metrics.SCHEDULE_ATTEMPTS.labels("error").inc()
             raise
+        metrics.SCHEDULE_ATTEMPTS.labels("scheduled").inc()
         log.info("scheduled pod=%s node=%s", key, decision.node)
         await self.events.record(pod, "Normal", "Scheduled",
                                  f"Successfully assigned {key} to {decision.node}")
@@ -358,6 +365,7 @@ class NodeLifecycleController(Controller):
         if new is not None:
             before, node = nl.node_ready_status(node), await self.client.update_status(NODES, new)
             after = nl.node_ready_status(node)
+            metrics.NODE_TRANSITIONS.labels("Ready" if after == "True" else "NotReady").inc()
             log.info("node=%s Ready %s -> %s", key, before, after)
             await self.events.record(node, "Normal", "NodeNotReady" if after != "True" else "NodeReady",
                                      f"Node {key} status is now: {'NodeNotReady' if after != 'True' else 'NodeReady'}")
@@ -507,12 +515,14 @@ class ControllerManager:
             raise ValueError(f"unknown controllers: {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(ALL_CONTROLLERS)})")
         self.controllers = {n: factories[n]() for n in ALL_CONTROLLERS if n in cfg.controllers}
+        self.running = False  # caches synced and controllers started (`/readyz`)
 
     async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self.source.run(), name="informers")]
         try:
             await self._wait_for_caches(tasks[0])
             log.info("caches synced; starting controllers: %s", ", ".join(self.controllers))
+            self.running = True
             for name, ctl in self.controllers.items():
                 tasks.append(asyncio.create_task(ctl.run(self.config.workers), name=name))
             lifecycle = self.controllers.get("node-lifecycle")
@@ -524,6 +534,7 @@ class ControllerManager:
             for t in done:
                 t.result()
         finally:
+            self.running = False
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,7 +8,9 @@ node agents would report is written through the API by `NodeStandIn`.
 from __future__ import annotations
 
 import shutil
+import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -52,6 +54,12 @@ def start_cm(apiserver: ApiServer, tmp_path: Path) -> Iterator[object]:
             cm.stop()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def endpoints(api: Api, service: str) -> dict[str, tuple[bool, bool, bool, str]]:
     out = {}
     for s in api.slices(service):
@@ -66,7 +74,9 @@ def test_deployment_service_and_scheduling_walkthrough(apiserver: ApiServer, sta
     nodes = NodeStandIn(api, {"node-a": "10.244.1.0/24", "node-b": "10.244.2.0/24"})
     nodes.register(zones={"node-a": "zone-1", "node-b": "zone-2"})
     # Node lifecycle is exercised on its own below; here a slow CI must not make nodes NotReady.
-    cm = start_cm("--controllers", "*,-node-lifecycle")  # type: ignore[operator]
+    metrics_port = free_port()
+    cm = start_cm("--controllers", "*,-node-lifecycle",  # type: ignore[operator]
+                  "--metrics-bind-address", f"127.0.0.1:{metrics_port}")
 
     def logs() -> str:
         return f"--- controller-manager ---\n{cm.log_tail()}\n--- apiserver ---\n{apiserver.log_tail(1500)}"
@@ -133,6 +143,13 @@ def test_deployment_service_and_scheduling_walkthrough(apiserver: ApiServer, sta
     # The Service goes, and its slices with it.
     apiserver.kubectl("delete", "service", "web")
     wait_for(lambda: not api.slices("web"), what="slices removed", logs=logs)
+
+    base = f"http://127.0.0.1:{metrics_port}"
+    assert urllib.request.urlopen(base + "/readyz", timeout=5).read() == b"ok"
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    assert 'endpoint_slice_controller_changes_total{operation="create"} 1.0' in text
+    assert 'scheduler_schedule_attempts_total{result="scheduled"}' in text
+    assert 'workqueue_adds_total{name="deployment"}' in text
 
 
 def test_node_lease_timeout_and_recovery(apiserver: ApiServer, start_cm: object) -> None:
