@@ -140,3 +140,55 @@ class Expectations:
 
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)
+
+
+def rv_at_least(have: object, want: str) -> bool:
+    """resourceVersions are opaque, but every server we talk to uses integers; compare
+    them as such, and fall back to equality for anything else."""
+    try:
+        return int(str(have)) >= int(want)
+    except ValueError:
+        return str(have) == want
+
+
+class WriteTracker:
+    """Our own writes per key until the informer shows them (the EndpointSliceTracker
+    idea): `wrote(key, name, rv)` after a create/update (rv None after a delete);
+    informer handlers call `observed(key, name, rv)` (rv None for a deletion); `check`
+    raises StaleCache while a write is not reflected in the cache. Entries expire after
+    `ttl` seconds, so an event lost for good cannot wedge a key."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._by_key: dict[str, dict[str, tuple[str | None, float]]] = {}
+
+    def wrote(self, key: str, name: str, rv: str | None) -> None:
+        self._by_key.setdefault(key, {})[name] = (rv, time.monotonic())
+
+    def observed(self, key: str, name: str, rv: str | None) -> None:
+        entries = self._by_key.get(key)
+        if not entries or name not in entries:
+            return
+        want = entries[name][0]
+        # A deletion settles any write; a version at least ours settles a write.
+        if rv is None or (want is not None and rv_at_least(rv, want)):
+            del entries[name]
+
+    def check(self, key: str, cached: dict[str, object]) -> None:
+        """`cached`: name -> resourceVersion of what the cache holds now."""
+        entries = self._by_key.get(key)
+        if not entries:
+            self._by_key.pop(key, None)
+            return
+        now = time.monotonic()
+        for name, (want, when) in list(entries.items()):
+            have = cached.get(name)
+            if (want is None and have is None) or (want is not None and have is not None
+                                                   and rv_at_least(have, want)) or now - when > self.ttl:
+                del entries[name]
+        if entries:
+            raise StaleCache(f"the cache has not shown {len(entries)} of our writes for {key} yet")
+        del self._by_key[key]
+
+    def forget(self, key: str) -> None:
+        self._by_key.pop(key, None)

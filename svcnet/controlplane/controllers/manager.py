@@ -36,7 +36,7 @@ from svcnet.controlplane.controllers import endpointslice as es
 from svcnet.controlplane.controllers import metrics
 from svcnet.controlplane.controllers import node_lifecycle as nl
 from svcnet.controlplane.controllers import scheduler as sched
-from svcnet.controlplane.controllers.base import Controller, Expectations, StaleCache
+from svcnet.controlplane.controllers.base import Controller, Expectations, WriteTracker
 from svcnet.controlplane.controllers.clock import Clock, SystemClock, format_time
 from svcnet.controlplane.controllers.pod_status import node_name_of, selector_matches, zone_of
 from svcnet.controlplane.controllers.trigger_time import TriggerTimeTracker
@@ -136,8 +136,7 @@ class EndpointSliceController(Controller):
         super().__init__()
         self.inf, self.client, self.config = inf, client, config
         self.triggers = TriggerTimeTracker()
-        # Our own writes the cache must show before we plan again (EndpointSliceTracker).
-        self.written: dict[str, dict[str, str | None]] = {}
+        self.written = WriteTracker()  # our slice writes the cache must show before we plan again
         inf.services.add_handler(FuncHandler(
             on_add=lambda s: self.enqueue(key_of(s)),
             on_update=lambda o, n: self.enqueue(key_of(n)),
@@ -146,7 +145,7 @@ class EndpointSliceController(Controller):
             on_add=self._pod_changed, on_update=self._pod_changed, on_delete=self._pod_changed))
         inf.slices.add_handler(FuncHandler(
             on_add=self._slice_changed, on_update=lambda o, n: self._slice_changed(n),
-            on_delete=self._slice_changed))
+            on_delete=lambda s: self._slice_changed(s, deleted=True)))
         inf.nodes.add_handler(FuncHandler(on_update=self._node_changed))
 
     def _pod_changed(self, *pods: Obj) -> None:
@@ -155,8 +154,9 @@ class EndpointSliceController(Controller):
             if selector and any(selector_matches(selector, labels_of(p)) for p in pods):
                 self.enqueue(key_of(svc))
 
-    def _slice_changed(self, obj: Obj) -> None:
+    def _slice_changed(self, obj: Obj, deleted: bool = False) -> None:
         for key in _slice_service_key(obj):
+            self.written.observed(key, name_of(obj), None if deleted else str(meta(obj).get("resourceVersion")))
             self.enqueue(key)
 
     def _node_changed(self, old: Obj, new: Obj) -> None:
@@ -164,24 +164,9 @@ class EndpointSliceController(Controller):
             for key in self.inf.services.keys():
                 self.enqueue(key)
 
-    def _check_fresh(self, key: str, existing: list[Obj]) -> None:
-        written = self.written.get(key)
-        if not written:
-            return
-        cached = {name_of(s): s for s in existing}
-        for name, rv in list(written.items()):
-            obj = cached.get(name)
-            if rv is None and obj is None:
-                del written[name]
-            elif rv is not None and obj is not None and _rv_at_least(meta(obj).get("resourceVersion"), rv):
-                del written[name]
-        if written:
-            raise StaleCache(f"cache lags behind {len(written)} of our slice writes for {key}")
-        del self.written[key]
-
     async def sync(self, key: str) -> None:
         existing = self.inf.slices.by_index(SERVICE_INDEX, key)
-        self._check_fresh(key, existing)
+        self.written.check(key, {name_of(o): meta(o).get("resourceVersion") for o in existing})
         service = self.inf.services.get(key)
         if service is None:
             self.triggers.forget(key)
@@ -197,33 +182,23 @@ class EndpointSliceController(Controller):
         if changes.empty:
             return
         ns = key.partition("/")[0]
-        written = self.written.setdefault(key, {})
         for obj in changes.create:
             made = await self.client.create(ENDPOINT_SLICES, obj, ns)
-            written[name_of(made)] = str(meta(made).get("resourceVersion") or "")
+            self.written.wrote(key, name_of(made), str(meta(made).get("resourceVersion") or ""))
         for obj in changes.update:
             made = await self.client.update(ENDPOINT_SLICES, obj, ns)
-            written[name_of(made)] = str(meta(made).get("resourceVersion") or "")
+            self.written.wrote(key, name_of(made), str(meta(made).get("resourceVersion") or ""))
         for obj in changes.delete:
             try:
                 await self.client.delete(ENDPOINT_SLICES, name_of(obj), ns)
             except errors.NotFound:
                 pass
-            written[name_of(obj)] = None
+            self.written.wrote(key, name_of(obj), None)
         metrics.ENDPOINTSLICE_CHANGES.labels("create").inc(len(changes.create))
         metrics.ENDPOINTSLICE_CHANGES.labels("update").inc(len(changes.update))
         metrics.ENDPOINTSLICE_CHANGES.labels("delete").inc(len(changes.delete))
         log.info("endpointslices service=%s created=%d updated=%d deleted=%d", key,
                  len(changes.create), len(changes.update), len(changes.delete))
-
-
-def _rv_at_least(have: Any, want: str) -> bool:
-    """resourceVersions are opaque, but every server we talk to uses integers; compare
-    them as such, and fall back to equality for anything else."""
-    try:
-        return int(str(have)) >= int(want)
-    except ValueError:
-        return str(have) == want
 
 
 # -- scheduler ---------------------------------------------------------------------
@@ -389,9 +364,9 @@ class DeploymentController(Controller):
         self.inf, self.client, self.clock, self.events = inf, client, clock, events
         self.expectations = Expectations()
         self.deleted_uids: dict[str, str] = {}
-        self.status_written: dict[str, str] = {}  # key -> resourceVersion of our last status write
+        self.status_written = WriteTracker()  # our status writes the cache must show first
         inf.deployments.add_handler(FuncHandler(
-            on_add=lambda d: self.enqueue(key_of(d)), on_update=lambda o, n: self.enqueue(key_of(n)),
+            on_add=lambda d: self.enqueue(key_of(d)), on_update=self._deployment_updated,
             on_delete=self._deployment_deleted))
         inf.pods.add_handler(FuncHandler(on_add=self._pod_added, on_update=self._pod_updated,
                                          on_delete=self._pod_deleted))
@@ -402,6 +377,10 @@ class DeploymentController(Controller):
             if ref.get("kind") == "Deployment" and ref.get("controller"):
                 return f"{namespace_of(pod)}/{ref.get('name')}"
         return None
+
+    def _deployment_updated(self, old: Obj, new: Obj) -> None:
+        self.status_written.observed(key_of(new), name_of(new), str(meta(new).get("resourceVersion")))
+        self.enqueue(key_of(new))
 
     def _deployment_deleted(self, d: Obj) -> None:
         self.deleted_uids[key_of(d)] = str(meta(d).get("uid") or "")
@@ -427,16 +406,12 @@ class DeploymentController(Controller):
         d = self.inf.deployments.get(key)
         ns = key.partition("/")[0]
         if d is None:
-            self.status_written.pop(key, None)
+            self.status_written.forget(key)
             await self._collect_garbage(key, ns)
             return
         if not self.expectations.satisfied(key):
             return  # the informer events that satisfy them enqueue the key again
-        written = self.status_written.get(key)
-        if written is not None:
-            if not _rv_at_least(meta(d).get("resourceVersion"), written):
-                raise StaleCache(f"the cache has not seen our status write of {key} yet")
-            del self.status_written[key]
+        self.status_written.check(key, {name_of(d): meta(d).get("resourceVersion")})
         now = self.clock.now()
         plan = deploy_plan.plan(d, self.inf.pods.by_index("namespace", ns), now)
         if plan.create or plan.delete:
@@ -446,7 +421,7 @@ class DeploymentController(Controller):
         await self._create(key, plan.pod_template, plan.create)
         if plan.status is not None:
             made = await self.client.update_status(DEPLOYMENTS, {**d, "status": plan.status}, ns)
-            self.status_written[key] = str(meta(made).get("resourceVersion") or "")
+            self.status_written.wrote(key, name_of(made), str(meta(made).get("resourceVersion") or ""))
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
 

@@ -9,6 +9,7 @@ import pytest
 
 from svcnet.apiclient.objects import Obj
 from svcnet.apiclient.resources import DEPLOYMENTS, ENDPOINT_SLICES, LEASES, NODES, PODS, SERVICES
+from svcnet.controlplane.controllers.base import StaleCache, WriteTracker
 from svcnet.controlplane.controllers.clock import FakeClock
 from svcnet.controlplane.controllers.manager import ControllerManager, ManagerConfig
 
@@ -198,3 +199,39 @@ async def test_node_lifecycle_lease_timeout_and_recovery(running: Any) -> None:
     assert ready(PODS, "default/b") == "True"  # other node
     c.put(LEASES, {**lease, "spec": {**lease["spec"], "renewTime": "2026-01-01T00:00:45.000000Z"}})
     await eventually(lambda: ready(NODES, "n1") == "True" and ready(PODS, "default/a") == "True")
+
+
+async def test_endpointslices_not_planned_from_a_cache_behind_our_writes() -> None:
+    c = FakeCluster()
+    c.put(SERVICES, service())
+    c.put(PODS, pod("a", "10.244.1.2"))
+    m = ControllerManager(c, ManagerConfig(controllers=("endpointslice",)), FakeClock())
+    for inf in c.informers.values():
+        inf.replace([dict(o) for o in c.store[inf.resource].values()])
+    ctl = m.controllers["endpointslice"]
+    c.deliver = False  # our slice is created, but the watch has not brought it yet
+    await ctl.sync("default/web")
+    with pytest.raises(StaleCache):
+        await ctl.sync("default/web")  # planning now would create a second slice
+    assert len(c.objects(ENDPOINT_SLICES)) == 1
+    c.flush()
+    await ctl.sync("default/web")
+    assert len(c.objects(ENDPOINT_SLICES)) == 1
+
+
+def test_write_tracker() -> None:
+    t = WriteTracker(ttl=60)
+    t.wrote("k", "a", "10")
+    t.wrote("k", "b", None)
+    with pytest.raises(StaleCache):
+        t.check("k", {"a": "9", "b": "5"})
+    t.observed("k", "a", "12")  # a newer version than ours: settled
+    with pytest.raises(StaleCache):
+        t.check("k", {"a": "12", "b": "5"})  # b is deleted by us but still cached
+    t.check("k", {"a": "12"})
+    t.wrote("k", "c", "20")
+    t.observed("k", "c", None)  # deleted by someone else before we looked: settled
+    t.check("k", {})
+    expired = WriteTracker(ttl=0)
+    expired.wrote("k", "a", "10")
+    expired.check("k", {})
