@@ -90,6 +90,7 @@ class NodeStandIn:
     nodes: dict[str, str]  # name -> podCIDR
     renewing: set[str] = field(default_factory=set)
     unready_pods: set[str] = field(default_factory=set)  # pod names reported not ready
+    hold_deletions: set[str] = field(default_factory=set)  # pod names kept terminating
     _ips: dict[str, str] = field(default_factory=dict)
 
     def register(self, zones: dict[str, str] | None = None) -> None:
@@ -132,6 +133,8 @@ class NodeStandIn:
                 continue
             path = f"/api/v1/namespaces/{ns}/pods/{md['name']}"
             if md.get("deletionTimestamp"):
+                if md["name"] in self.hold_deletions:
+                    continue  # still shutting down: keeps running, and serving
                 self.api.call("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1",
                                                "gracePeriodSeconds": 0}, ok=(200, 202, 404))
                 continue

@@ -214,3 +214,65 @@ def test_leader_election_failover(apiserver: ApiServer, start_cm: object) -> Non
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "two"},
         "spec": {"selector": {"app": "two"}, "ports": [{"port": 80}]}})
     wait_for(lambda: api.slices("two"), what="slices from the new leader", logs=second.log_tail)
+
+
+HEADLESS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports:
+  - {name: sql, port: 5432, targetPort: sql}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  containers:
+  - {name: db, image: svcnet/echo, ports: [{name: sql, containerPort: 15432}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, labels: {app: db}}
+spec:
+  hostname: db-1
+  subdomain: db
+  containers:
+  - {name: db, image: svcnet/echo, ports: [{name: sql, containerPort: 25432}]}
+"""
+
+
+def test_headless_named_ports_terminating_and_events(apiserver: ApiServer, start_cm: object) -> None:
+    api = Api(apiserver)
+    nodes = NodeStandIn(api, {"node-a": "10.244.1.0/24"})
+    nodes.register()
+    cm = start_cm("--controllers", "endpointslice,scheduler")  # type: ignore[operator]
+
+    def logs() -> str:
+        return f"--- controller-manager ---\n{cm.log_tail()}\n--- apiserver ---\n{apiserver.log_tail(1500)}"
+
+    apiserver.kubectl("apply", "-f", "-", input=HEADLESS)
+    wait_for(lambda: len(endpoints(api, "db")) == 2 and all(v[0] for v in endpoints(api, "db").values()),
+             tick=nodes.tick, what="2 ready endpoints", logs=logs)
+    slices = api.slices("db")
+    # Pods resolve the named targetPort differently: one slice per port mapping.
+    got = sorted((s["ports"][0]["port"], [e["hostname"] for e in s["endpoints"]]) for s in slices)
+    assert got == [(15432, ["db-0"]), (25432, ["db-1"])]
+    assert all(s["metadata"]["labels"]["service.kubernetes.io/headless"] == "" for s in slices)
+    assert all(s["ports"][0]["name"] == "sql" for s in slices)
+
+    # A pod being deleted gracefully stays, serving but not ready, while it shuts down.
+    nodes.hold_deletions.add("db-1")
+    apiserver.kubectl("delete", "pod", "db-1", "--wait=false")
+    wait_for(lambda: sorted(v[:3] for v in endpoints(api, "db").values()) == [(False, True, True), (True, True, False)],
+             tick=nodes.tick, what="db-1 terminating", logs=logs)
+    nodes.hold_deletions.clear()
+    wait_for(lambda: len(endpoints(api, "db")) == 1 and len(api.slices("db")) == 1,
+             tick=nodes.tick, what="db-1 gone with its slice", logs=logs)
+
+    events = apiserver.kubectl_json("get", "events", "--field-selector", "involvedObject.name=db-0")["items"]
+    assert [(e["reason"], e["message"]) for e in events] == [("Scheduled", "Successfully assigned default/db-0 to node-a")]
