@@ -40,6 +40,19 @@ def object_key(kind: KindInfo, namespace: str | None, name: str) -> str:
     return kind_prefix(kind, namespace if kind.namespaced else None) + name
 
 
+def parse_key(key: str, kinds: "tuple[KindInfo, ...]") -> tuple[KindInfo, str | None, str] | None:
+    """(kind, namespace, name) of an object key, None for keys that are not objects."""
+    for kind in kinds:
+        prefix = kind_prefix(kind)
+        if key.startswith(prefix):
+            rest = key[len(prefix):].split("/")
+            if kind.namespaced and len(rest) == 2:
+                return kind, rest[0], rest[1]
+            if not kind.namespaced and len(rest) == 1:
+                return kind, None, rest[0]
+    return None
+
+
 def encode(obj: Obj) -> bytes:
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "resourceVersion" in meta:

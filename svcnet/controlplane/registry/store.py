@@ -45,6 +45,8 @@ from svcnet.controlplane.errors import (
 from svcnet.controlplane.registry import codec
 from svcnet.controlplane.registry import kinds as k
 from svcnet.controlplane.registry.allocators import AllocationPlan, ServiceAllocator
+from svcnet.controlplane.registry.gc import OwnerIndex
+from svcnet.controlplane.registry.watch import parse_resource_version, watch_objects
 from svcnet.controlplane.registry.kinds import KindInfo
 from svcnet.controlplane.registry.selectors import (
     FieldSelector, LabelSelector, parse_field_selector, parse_label_selector,
@@ -54,7 +56,7 @@ from svcnet.controlplane.registry.strategies.validation import (
     FieldError, forbidden, object_meta_update, raise_invalid,
 )
 from svcnet.controlplane.storage.interface import (
-    CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, Storage, WatchClosed,
+    CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, Storage,
 )
 from svcnet.controlplane.storage.sqlite import SQLiteStorage
 
@@ -63,7 +65,6 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
-BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 NAMESPACE_FINALIZER = "kubernetes"
 MAX_GENERATE_NAME_ATTEMPTS = 8
 MAX_UPDATE_RETRIES = 32
@@ -97,6 +98,7 @@ class Registry:
         self.allocator = allocator
         self.strategies = strategies_for_cluster(allocator.family)
         self.service_cidr = str(allocator.network)
+        self.owners = OwnerIndex(storage)
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._gc_tasks: set[asyncio.Task[None]] = set()
 
@@ -112,6 +114,7 @@ class Registry:
         """A Registry over any `Storage` (an etcd backend, a test double)."""
         await allocator.load(storage)
         reg = cls(storage, allocator)
+        await reg.owners.start()
         reg._tasks.append(asyncio.create_task(reg._maintenance(), name="registry-maintenance"))
         return reg
 
@@ -122,6 +125,7 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.owners.stop()
         await self.storage.close()
 
     @property
@@ -131,70 +135,10 @@ class Registry:
     # -- bootstrap -----------------------------------------------------------------------
 
     async def bootstrap(self, apiserver_ip: str, apiserver_port: int) -> None:
-        """The objects kube-apiserver's bootstrap controller keeps: the four system
-        namespaces, the `kubernetes` ServiceCIDR, and the `default/kubernetes` Service
-        (first IP of the service CIDR, 443/TCP "https") with an EndpointSlice pointing at
-        this API server. Idempotent: re-running repairs drifted fields."""
-        for ns in BOOTSTRAP_NAMESPACES:
-            await self._ensure(k.NAMESPACES, None, {"metadata": {"name": ns}}, lambda cur: None)
-        await self._ensure(k.SERVICE_CIDRS, None, {
-            "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [self.service_cidr]}},
-            lambda cur: None)
-        svc = {
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": self.allocator.first_ip(),
-                     "sessionAffinity": "None",
-                     "ports": [{"name": "https", "port": 443, "protocol": "TCP",
-                                "targetPort": apiserver_port}]},
-        }
+        """The objects kube-apiserver's bootstrap controller keeps (see `bootstrap.py`)."""
+        from svcnet.controlplane.registry.bootstrap import bootstrap
 
-        def fix_service(cur: Obj) -> Obj | None:
-            ports = cur.get("spec", {}).get("ports") or []
-            if ports == svc["spec"]["ports"]:  # type: ignore[index]
-                return None
-            new = copy.deepcopy(cur)
-            new["spec"]["ports"] = copy.deepcopy(svc["spec"]["ports"])  # type: ignore[index]
-            return new
-
-        await self._ensure(k.SERVICES, "default", svc, fix_service)
-        family = "IPv6" if ":" in apiserver_ip else "IPv4"
-        slice_ = {
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": "kubernetes"}},
-            "addressType": family,
-            "endpoints": [{"addresses": [apiserver_ip], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "port": apiserver_port, "protocol": "TCP"}],
-        }
-
-        def fix_slice(cur: Obj) -> Obj | None:
-            if all(cur.get(f) == slice_[f] for f in ("addressType", "endpoints", "ports")):
-                return None
-            new = copy.deepcopy(cur)
-            for f in ("addressType", "endpoints", "ports"):
-                new[f] = copy.deepcopy(slice_[f])
-            return new
-
-        await self._ensure(k.ENDPOINT_SLICES, "default", slice_, fix_slice)
-
-    async def _ensure(self, kind: KindInfo, namespace: str | None, obj: Obj,
-                      fix: Callable[[Obj], Obj | None]) -> None:
-        name = obj["metadata"]["name"]
-        try:
-            cur = await self.get(kind, namespace, name)
-        except APIError as err:
-            if err.code != 404:
-                raise
-            await self.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
-            return
-        if kind is k.ENDPOINT_SLICES and cur.get("addressType") != obj.get("addressType"):
-            # addressType is immutable: replace the slice
-            await self.delete(kind, namespace, name)
-            await self.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
-            return
-        new = fix(cur)
-        if new is not None:
-            await self.update(kind, namespace, name, new, field_manager="kube-apiserver")
+        await bootstrap(self, apiserver_ip, apiserver_port)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -242,7 +186,7 @@ class Registry:
                 raise gone("The provided continue parameter is too old to display a consistent "
                            "list result. You can start a new list without the continue parameter.")
         elif resource_version not in ("", "0"):
-            wanted = _parse_rv(resource_version)
+            wanted = parse_resource_version(resource_version)
             if wanted > self.storage.revision:
                 raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
                                f"{self.storage.revision}",
@@ -719,12 +663,7 @@ class Registry:
             return await self._write_meta(kv, new, dry_run)
         if dry_run:
             return old
-        removed = await self._remove(kind, kv, old)
-        if opts.get("propagationPolicy") != "Orphan":
-            self._collect_dependents(kind, old)
-        else:
-            self._orphan_dependents(kind, old)
-        return removed
+        return await self._remove(kind, kv, old, orphan=opts.get("propagationPolicy") == "Orphan")
 
     @staticmethod
     def _pod_grace(pod: Obj, opts: dict[str, Any]) -> int:
@@ -748,8 +687,9 @@ class Registry:
             raise _Retry()
         return codec.decode(res.kvs[kv.key])
 
-    async def _remove(self, kind: KindInfo, kv: KeyValue, last: Obj) -> Obj:
-        """Delete the key (and a Service's allocations) if it is still at `kv`'s revision."""
+    async def _remove(self, kind: KindInfo, kv: KeyValue, last: Obj, *, orphan: bool = False) -> Obj:
+        """Delete the key (and a Service's allocations) if it is still at `kv`'s revision,
+        then collect (or orphan) its dependents in the background."""
         plan = self.allocator.release_all(last) if kind is k.SERVICES else None
         ops: builtins.list[Op] = [Delete(kv.key)]
         if plan:
@@ -761,6 +701,11 @@ class Registry:
             plan.commit()
         out = copy.deepcopy(last)
         out["metadata"]["resourceVersion"] = str(res.revision)
+        uid = out["metadata"].get("uid")
+        if uid and kind is not k.NAMESPACES:
+            task = asyncio.create_task(self._gc(uid, res.revision, orphan))
+            self._gc_tasks.add(task)
+            task.add_done_callback(self._gc_tasks.discard)
         ns = out["metadata"].get("namespace")
         if kind.namespaced and ns:
             await self._maybe_finalize_namespace(ns)
@@ -842,108 +787,56 @@ class Registry:
                 continue
         return None
 
-    def _collect_dependents(self, kind: KindInfo, owner: Obj) -> None:
-        """Background cascading deletion: objects whose ownerReferences name the deleted
-        owner's uid are deleted (kube's garbage collector, inline)."""
-        uid = owner["metadata"].get("uid")
-        if not uid:
-            return
-        task = asyncio.create_task(self._gc(kind, owner, uid, orphan=False))
-        self._gc_tasks.add(task)
-        task.add_done_callback(self._gc_tasks.discard)
-
-    def _orphan_dependents(self, kind: KindInfo, owner: Obj) -> None:
-        uid = owner["metadata"].get("uid")
-        if not uid:
-            return
-        task = asyncio.create_task(self._gc(kind, owner, uid, orphan=True))
-        self._gc_tasks.add(task)
-        task.add_done_callback(self._gc_tasks.discard)
-
-    async def _gc(self, kind: KindInfo, owner: Obj, uid: str, orphan: bool) -> None:
-        ns = owner["metadata"].get("namespace") if kind.namespaced else None
+    async def _gc(self, uid: str, revision: int, orphan: bool) -> None:
+        """Delete the dependents of the owner `uid` deleted at `revision` (Background
+        propagation), or drop the reference to it (Orphan, or other owners remain)."""
         try:
-            for dep_kind in k.KINDS:
-                if kind.namespaced and not dep_kind.namespaced:
-                    continue  # a namespaced owner cannot own cluster-scoped objects
-                prefix = codec.kind_prefix(dep_kind, ns if dep_kind.namespaced else None)
-                for kv in (await self.storage.range(prefix)).kvs:
-                    obj = codec.decode(kv)
-                    refs = obj["metadata"].get("ownerReferences") or []
-                    if not any(isinstance(r, dict) and r.get("uid") == uid for r in refs):
-                        continue
-                    meta = obj["metadata"]
-                    try:
-                        if orphan or len(refs) > 1:
-                            kept = [r for r in refs if r.get("uid") != uid]
-                            patch = json.dumps({"metadata": {"ownerReferences": kept or None}}).encode()
-                            await self.patch(dep_kind, meta.get("namespace"), meta["name"],
-                                             "application/merge-patch+json", patch,
-                                             field_manager="garbage-collector")
-                        else:
-                            await self.delete(dep_kind, meta.get("namespace"), meta["name"],
-                                              options={"preconditions": {"uid": meta.get("uid")}})
-                    except APIError as err:
-                        if err.code not in (404, 409):
-                            log.warning("garbage collection of %s %s/%s failed: %s", dep_kind.kind,
-                                        meta.get("namespace"), meta["name"], err.message)
+            await self.owners.wait_for(revision)
+            for key in self.owners.dependents(uid):
+                where = codec.parse_key(key, k.KINDS)
+                if where is None:
+                    continue
+                dep_kind, ns, name = where
+                kv = await self.storage.get(key)
+                if kv is None:
+                    continue
+                obj = codec.decode(kv)
+                refs = obj["metadata"].get("ownerReferences") or []
+                try:
+                    if orphan or any(isinstance(r, dict) and r.get("uid") not in (uid, None)
+                                     for r in refs):
+                        kept = [r for r in refs if not (isinstance(r, dict) and r.get("uid") == uid)]
+                        patch = json.dumps({"metadata": {"ownerReferences": kept or None}}).encode()
+                        await self.patch(dep_kind, ns, name, "application/merge-patch+json", patch,
+                                         field_manager="garbage-collector")
+                    else:
+                        await self.delete(dep_kind, ns, name, options={
+                            "preconditions": {"uid": obj["metadata"].get("uid")}})
+                except APIError as err:
+                    if err.code not in (404, 409):
+                        log.warning("garbage collection of %s %s/%s failed: %s", dep_kind.kind,
+                                    ns, name, err.message)
         except asyncio.CancelledError:
             raise
         except Exception:  # a failed sweep must not take the server down
-            log.exception("garbage collection after %s %s failed", kind.kind, uid)
+            log.exception("garbage collection of the dependents of %s failed", uid)
+
+    async def wait_for_gc(self) -> None:
+        """Wait until background garbage collection has settled (for tests and shutdown)."""
+        while self._gc_tasks:
+            await asyncio.gather(*list(self._gc_tasks), return_exceptions=True)
 
     # -- watch ---------------------------------------------------------------------------
 
-    async def watch(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
-                    field_selector: str = "", resource_version: str = "",
-                    allow_bookmarks: bool = False) -> AsyncIterator[tuple[str, Obj]]:
+    def watch(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
+              field_selector: str = "", resource_version: str = "",
+              allow_bookmarks: bool = False) -> AsyncIterator[tuple[str, Obj]]:
+        """Events for `kind` (see `watch.watch_objects` for the semantics)."""
         self._strategy(kind)
-        match = self._selectors(kind, label_selector, field_selector)
-        prefix = codec.kind_prefix(kind, self._ns(kind, namespace))
-        if resource_version in ("", "0"):
-            page = await self.storage.range(prefix)
-            initial = [codec.decode(kv) for kv in page.kvs]
-            start = page.revision + 1
-            requested = page.revision
-        else:
-            requested = _parse_rv(resource_version)
-            start = requested + 1
-            initial = []
-            if requested < self.storage.compact_revision:
-                raise gone(f"too old resource version: {requested} ({self.storage.compact_revision})")
-        w = self.storage.watch(prefix, start)
-        try:
-            for obj in initial:
-                if match(obj):
-                    yield "ADDED", self._typed(kind, obj)
-            timeout = self.bookmark_interval if allow_bookmarks else None
-            while True:
-                try:
-                    ev = await w.next(timeout)
-                except CompactedError as err:
-                    raise gone(f"too old resource version: {requested} ({err.compact_revision})") from None
-                except WatchClosed:
-                    return
-                if ev is None:
-                    yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
-                                       "metadata": {"resourceVersion": str(w.progress_revision)}}
-                    continue
-                new = codec.decode(ev.kv) if ev.kv is not None else None
-                old = codec.decode(ev.prev_kv, ev.revision) if ev.prev_kv is not None else None
-                now_in = new is not None and match(new)
-                was_in = old is not None and match(old)
-                if new is not None and now_in:
-                    yield ("MODIFIED" if was_in else "ADDED"), self._typed(kind, new)
-                elif was_in and old is not None:
-                    yield "DELETED", self._typed(kind, old)
-        finally:
-            w.close()
-
-    @staticmethod
-    def _typed(kind: KindInfo, obj: Obj) -> Obj:
-        obj.setdefault("kind", kind.kind)
-        obj.setdefault("apiVersion", kind.api_version)
-        return obj
+        return watch_objects(self.storage, kind, codec.kind_prefix(kind, self._ns(kind, namespace)),
+                             lambda: self._selectors(kind, label_selector, field_selector),
+                             resource_version=resource_version,
+                             bookmark_interval=self.bookmark_interval if allow_bookmarks else None)
 
     # -- maintenance ---------------------------------------------------------------------
 
@@ -994,14 +887,3 @@ def _same(new: Obj, old: Obj) -> bool:
         meta = {f: v for f, v in (o.get("metadata") or {}).items() if f != "resourceVersion"}
         return {**o, "metadata": meta}
     return strip(new) == strip(old)
-
-
-def _parse_rv(value: str) -> int:
-    try:
-        rv = int(value)
-    except ValueError:
-        raise bad_request(f"resourceVersion: Invalid value: {json.dumps(value)}: must be an "
-                          "integer") from None
-    if rv < 0:
-        raise bad_request(f"resourceVersion: Invalid value: {json.dumps(value)}: must be positive")
-    return rv

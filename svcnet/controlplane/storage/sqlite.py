@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from svcnet.controlplane.storage.interface import (
-    CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, RangeResult,
+    CompactedError, Compare, FutureRevisionError, KeyValue, Op, Put, RangeResult,
     Storage, StorageError, TxnResult, Watch, WatchClosed, WatchEvent, prefix_end,
 )
 

@@ -236,10 +236,42 @@ async def test_owner_deletion_collects_dependents(registry: Registry) -> None:
     await registry.create(k.ENDPOINT_SLICES, "default", cm_slice("web-abcde", ownerReferences=[ref]))
     await registry.create(k.ENDPOINT_SLICES, "default", cm_slice("unrelated"))
     await registry.delete(k.SERVICES, "default", "web")
-    for task in list(registry._gc_tasks):
-        await task
+    await registry.wait_for_gc()
     names = [i["metadata"]["name"] for i in (await registry.list(k.ENDPOINT_SLICES, "default"))["items"]]
     assert names == ["kubernetes", "unrelated"]
+
+
+async def test_orphan_and_shared_owners_keep_dependents(registry: Registry) -> None:
+    a, _ = await registry.create(k.SERVICES, "default", svc("a"))
+    b, _ = await registry.create(k.SERVICES, "default", svc("b"))
+
+    def ref(o: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Service", "name": o["metadata"]["name"],
+                "uid": o["metadata"]["uid"]}
+
+    await registry.create(k.ENDPOINT_SLICES, "default", cm_slice("shared", ownerReferences=[ref(a), ref(b)]))
+    await registry.create(k.ENDPOINT_SLICES, "default", cm_slice("only-b", ownerReferences=[ref(b)]))
+    await registry.delete(k.SERVICES, "default", "a")
+    await registry.wait_for_gc()
+    shared = await registry.get(k.ENDPOINT_SLICES, "default", "shared")
+    assert [r["name"] for r in shared["metadata"]["ownerReferences"]] == ["b"]
+    await registry.delete(k.SERVICES, "default", "b", options={"propagationPolicy": "Orphan"})
+    await registry.wait_for_gc()
+    for name in ("shared", "only-b"):
+        kept = await registry.get(k.ENDPOINT_SLICES, "default", name)
+        assert "ownerReferences" not in kept["metadata"]
+
+
+async def test_node_deletion_collects_its_lease(registry: Registry) -> None:
+    node, _ = await registry.create(k.NODES, None, {"metadata": {"name": "n1"}})
+    lease = {"metadata": {"name": "n1", "ownerReferences": [
+        {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": node["metadata"]["uid"]}]},
+             "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40}}
+    await registry.create(k.LEASES, "kube-node-lease", lease)
+    await registry.delete(k.NODES, None, "n1")
+    await registry.wait_for_gc()
+    with pytest.raises(APIError):
+        await registry.get(k.LEASES, "kube-node-lease", "n1")
 
 
 async def test_label_and_field_selectors(registry: Registry) -> None:

@@ -1,0 +1,93 @@
+"""The objects kube-apiserver's bootstrap controller keeps, made idempotently.
+
+The four system namespaces, the `kubernetes` ServiceCIDR (the --service-cidr, as
+kube 1.33's default ServiceCIDR), the `default/kubernetes` Service on the first IP of
+the service CIDR (443/TCP "https", labels component=apiserver, provider=kubernetes) and
+its EndpointSlice listing this API server's address, which consumers find by the
+`kubernetes.io/service-name` label like any other. Re-running repairs drifted fields
+(a new apiserver address or port).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from svcnet.controlplane.errors import APIError
+from svcnet.controlplane.registry import kinds as k
+from svcnet.controlplane.registry.kinds import KindInfo
+
+if TYPE_CHECKING:
+    from svcnet.controlplane.registry.store import Registry
+
+Obj = dict[str, Any]
+
+BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> None:
+    """The objects kube-apiserver's bootstrap controller keeps: the four system
+    namespaces, the `kubernetes` ServiceCIDR, and the `default/kubernetes` Service
+    (first IP of the service CIDR, 443/TCP "https") with an EndpointSlice pointing at
+    this API server. Idempotent: re-running repairs drifted fields."""
+    for ns in BOOTSTRAP_NAMESPACES:
+        await _ensure(reg, k.NAMESPACES, None, {"metadata": {"name": ns}}, lambda cur: None)
+    await _ensure(reg, k.SERVICE_CIDRS, None, {
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [reg.service_cidr]}},
+        lambda cur: None)
+    svc = {
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": reg.allocator.first_ip(),
+                 "sessionAffinity": "None",
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                            "targetPort": apiserver_port}]},
+    }
+
+    def fix_service(cur: Obj) -> Obj | None:
+        ports = cur.get("spec", {}).get("ports") or []
+        if ports == svc["spec"]["ports"]:  # type: ignore[index]
+            return None
+        new = copy.deepcopy(cur)
+        new["spec"]["ports"] = copy.deepcopy(svc["spec"]["ports"])  # type: ignore[index]
+        return new
+
+    await _ensure(reg, k.SERVICES, "default", svc, fix_service)
+    family = "IPv6" if ":" in apiserver_ip else "IPv4"
+    slice_ = {
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": family,
+        "endpoints": [{"addresses": [apiserver_ip], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "port": apiserver_port, "protocol": "TCP"}],
+    }
+
+    def fix_slice(cur: Obj) -> Obj | None:
+        if all(cur.get(f) == slice_[f] for f in ("addressType", "endpoints", "ports")):
+            return None
+        new = copy.deepcopy(cur)
+        for f in ("addressType", "endpoints", "ports"):
+            new[f] = copy.deepcopy(slice_[f])
+        return new
+
+    await _ensure(reg, k.ENDPOINT_SLICES, "default", slice_, fix_slice)
+
+async def _ensure(reg: Registry, kind: KindInfo, namespace: str | None, obj: Obj,
+                  fix: Callable[[Obj], Obj | None]) -> None:
+    name = obj["metadata"]["name"]
+    try:
+        cur = await reg.get(kind, namespace, name)
+    except APIError as err:
+        if err.code != 404:
+            raise
+        await reg.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
+        return
+    if kind is k.ENDPOINT_SLICES and cur.get("addressType") != obj.get("addressType"):
+        # addressType is immutable: replace the slice
+        await reg.delete(kind, namespace, name)
+        await reg.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
+        return
+    new = fix(cur)
+    if new is not None:
+        await reg.update(kind, namespace, name, new, field_manager="kube-apiserver")
