@@ -36,6 +36,7 @@ class LeaderElector:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    monotonic: Callable[[], float] = time.monotonic  # injectable, for tests
     _observed: tuple[str, float] = field(default=("", 0.0))  # (record, monotonic when seen)
 
     def _record(self, lease: Obj) -> str:
@@ -61,9 +62,9 @@ class LeaderElector:
         spec = lease.get("spec") or {}
         record = self._record(lease)
         if record != self._observed[0]:
-            self._observed = (record, time.monotonic())
+            self._observed = (record, self.monotonic())
         holder = spec.get("holderIdentity") or ""
-        expired = time.monotonic() - self._observed[1] > float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        expired = self.monotonic() - self._observed[1] > float(spec.get("leaseDurationSeconds") or self.lease_duration)
         if holder and holder != self.identity and not expired:
             return False
         mine = holder == self.identity
@@ -73,7 +74,7 @@ class LeaderElector:
             result = await self.client.update(LEASES, updated, self.namespace)
         except errors.Conflict:
             return False
-        self._observed = (self._record(result), time.monotonic())
+        self._observed = (self._record(result), self.monotonic())
         return True
 
     async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
