@@ -579,7 +579,10 @@ class Registry:
                                           reset_fields=_reset_fields(kind, subresource))
             if not isinstance(new, dict):
                 raise APIError(422, "Invalid", "the patched object must be a JSON object")
-            requested_rv = str((new.get("metadata") or {}).get("resourceVersion") or "")
+            # A patch that sets resourceVersion makes it a precondition; otherwise the
+            # patch is re-applied to the latest object until it lands (kube's patcher).
+            requested_rv = (str((new.get("metadata") or {}).get("resourceVersion") or "")
+                            if _patch_sets_rv(patch_type, doc) else "")
             if requested_rv and requested_rv != str(kv.mod_revision):
                 raise conflict(kind.plural, name, kind.group)
             new = self._check_type(kind, new)
@@ -871,6 +874,14 @@ class Registry:
                     await self._remove(k.EVENTS, kv, ev)
                     gone_count += 1
         return gone_count
+
+
+def _patch_sets_rv(patch_type: str, doc: Any) -> bool:
+    if patch_type == "application/json-patch+json":
+        return any(isinstance(op, dict) and op.get("path") == "/metadata/resourceVersion"
+                   and op.get("op") in ("add", "replace") for op in doc)
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    return isinstance(meta, dict) and bool(meta.get("resourceVersion"))
 
 
 def _reset_fields(kind: KindInfo, subresource: str | None) -> tuple[str, ...]:

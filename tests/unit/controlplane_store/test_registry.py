@@ -450,3 +450,41 @@ async def test_event_expiry(registry: Registry) -> None:
     assert await registry.expire_events() == 1
     names = [e["metadata"]["name"] for e in (await registry.list(k.EVENTS, "default"))["items"]]
     assert names == ["new.1"]
+
+
+async def test_concurrent_patches_without_rv_all_land(registry: Registry) -> None:
+    import asyncio
+
+    await registry.create(k.SERVICES, "default", svc("web"))
+    await asyncio.gather(*(
+        registry.patch(k.SERVICES, "default", "web", "application/merge-patch+json",
+                       json.dumps({"metadata": {"labels": {f"l{i}": "x"}}}).encode())
+        for i in range(20)))
+    labels = (await registry.get(k.SERVICES, "default", "web"))["metadata"]["labels"]
+    assert sorted(labels) == sorted(f"l{i}" for i in range(20))
+
+
+async def test_service_status_subresource_for_load_balancers(registry: Registry) -> None:
+    out, _ = await registry.create(k.SERVICES, "default", svc("lb", type="LoadBalancer"))
+    body = json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}).encode()
+    st, _, _ = await registry.patch(k.SERVICES, "default", "lb", "application/merge-patch+json", body,
+                                    subresource="status")
+    assert st["status"]["loadBalancer"]["ingress"] == [{"ip": "203.0.113.7"}]
+    assert st["spec"] == out["spec"]
+    # leaving LoadBalancer clears the load-balancer status
+    st["spec"]["type"] = "ClusterIP"
+    st["spec"].pop("externalTrafficPolicy")
+    cip, _ = await registry.update(k.SERVICES, "default", "lb", st)
+    assert cip["status"] == {"loadBalancer": {}}
+    assert "allocateLoadBalancerNodePorts" not in cip["spec"]
+    assert all("nodePort" not in p for p in cip["spec"]["ports"])
+
+
+async def test_namespace_finalize_subresource(registry: Registry) -> None:
+    await registry.create(k.NAMESPACES, None, {"metadata": {"name": "fin"}})
+    ns = await registry.get(k.NAMESPACES, None, "fin")
+    ns["spec"]["finalizers"] = []
+    plain, _ = await registry.update(k.NAMESPACES, None, "fin", ns)
+    assert plain["spec"]["finalizers"] == ["kubernetes"]  # spec changes only via /finalize
+    done, _ = await registry.update(k.NAMESPACES, None, "fin", ns, subresource="finalize")
+    assert done["spec"]["finalizers"] == []
