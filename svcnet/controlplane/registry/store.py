@@ -104,10 +104,23 @@ class Registry:
 
     @classmethod
     async def open(cls, data_dir: Path, *, service_cidr: str = "10.96.0.0/12",
-                   node_port_range: str = "30000-32767") -> "Registry":
+                   node_port_range: str = "30000-32767", storage: str = "sqlite") -> "Registry":
+        """`storage` is "sqlite" (a file in `data_dir`) or "etcd://HOST:PORT,..."."""
         allocator = ServiceAllocator(service_cidr, node_port_range)
-        storage = await SQLiteStorage.open(Path(data_dir))
-        return await cls.with_storage(storage, allocator)
+        backend: Storage
+        if storage == "sqlite":
+            backend = await SQLiteStorage.open(Path(data_dir))
+        elif storage.startswith(("etcd://", "etcds://", "http://", "https://")):
+            from svcnet.controlplane.storage.etcd import EtcdStorage
+
+            backend = await EtcdStorage.open(storage)
+        else:
+            raise ValueError(f"unknown storage {storage!r}: want sqlite or etcd://HOST:PORT,...")
+        try:
+            return await cls.with_storage(backend, allocator)
+        except BaseException:
+            await backend.close()
+            raise
 
     @classmethod
     async def with_storage(cls, storage: Storage, allocator: ServiceAllocator) -> "Registry":
