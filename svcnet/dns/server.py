@@ -15,6 +15,10 @@ TCP: asyncio streams. Queries on one connection are answered concurrently
 a client that does not read its replies only stalls its own connection, and is
 dropped when a write cannot drain within the same bound.
 
+`SVCNET_DNS_UDP_LOOP=asyncio` serves UDP from the event loop (a DatagramProtocol,
+uvloop when installed) instead of the threads, with the same reply cache; bench/dns.py
+measures both.
+
 Stopping (`stop()`, on SIGTERM): stop reading new queries, let the ones in flight
 finish (bounded), then close the sockets.
 """
@@ -22,12 +26,14 @@ finish (bounded), then close the sockets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import socket
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from svcnet.dns.handler import Handler, Listener
 from svcnet.dns.metrics import Metrics
@@ -47,6 +53,8 @@ class DnsServer:
         self.addresses = addresses
         self.bound: list[tuple[str, int]] = []
         self._udp: list[tuple[socket.socket, threading.Thread]] = []
+        self._udp_transports: list[asyncio.DatagramTransport] = []
+        self.udp_mode = os.environ.get("SVCNET_DNS_UDP_LOOP", "thread")
         self._tcp: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -77,17 +85,22 @@ class DnsServer:
             server_label = f"dns://{host if family == socket.AF_INET else '[' + host + ']'}:{port}"
             fam = "1" if family == socket.AF_INET else "2"
             tcp_where = Listener(server_label, "tcp", fam, self._loop_stats)
-            srv = await asyncio.start_server(
-                lambda r, w, where=tcp_where: self._tcp_connection(r, w, where), sock=tsock)
+            srv = await asyncio.start_server(functools.partial(self._tcp_connection, where=tcp_where),
+                                             sock=tsock)
             self._tcp.append(srv)
-            thread_where = Listener(server_label, "udp", fam, self.metrics.collector.new_stats())
             loop_where = Listener(server_label, "udp", fam, self._loop_stats)
-            t = threading.Thread(target=self._udp_loop, args=(usock, thread_where, loop_where),
-                                 name=f"dns-udp-{host}:{port}", daemon=True)
-            t.start()
-            self._udp.append((usock, t))
+            if self.udp_mode == "asyncio":
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self, loop_where), sock=usock)
+                self._udp_transports.append(transport)
+            else:
+                thread_where = Listener(server_label, "udp", fam, self.metrics.collector.new_stats())
+                t = threading.Thread(target=self._udp_loop, args=(usock, thread_where, loop_where),
+                                     name=f"dns-udp-{host}:{port}", daemon=True)
+                t.start()
+                self._udp.append((usock, t))
             self.bound.append((host, port))
-            log.info("listening udp+tcp address=%s:%d", host, port)
+            log.info("listening udp+tcp address=%s", server_label[len("dns://"):])
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Stop reading, finish queries in flight (up to `drain_timeout`), close."""
@@ -113,6 +126,8 @@ class DnsServer:
                 pass
         for usock, _ in self._udp:
             usock.close()
+        for tr in self._udp_transports:
+            tr.close()
 
     # -- UDP ---------------------------------------------------------------------
 
@@ -121,6 +136,7 @@ class DnsServer:
         assert self._loop is not None
         submit = self._loop.call_soon_threadsafe
         slow = self._udp_slow
+        send = sock.sendto
         get = self.handler.udp_cache.get
         recvfrom, sendto = sock.recvfrom, sock.sendto
         stats = where.stats
@@ -147,20 +163,21 @@ class DnsServer:
                 observe(hit[1], perf() - start)
                 continue
             try:
-                submit(slow, sock, data, addr, loop_where)
+                submit(slow, send, data, addr, loop_where)
             except RuntimeError:  # the loop is closed: we are shutting down
                 return
 
-    def _udp_slow(self, sock: socket.socket, data: bytes, addr: Any, where: Listener) -> None:
-        task = asyncio.ensure_future(self._udp_answer(sock, data, addr, where))
+    def _udp_slow(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any, where: Listener) -> None:
+        task = asyncio.ensure_future(self._udp_answer(send, data, addr, where))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _udp_answer(self, sock: socket.socket, data: bytes, addr: Any, where: Listener) -> None:
+    async def _udp_answer(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any,
+                          where: Listener) -> None:
         try:
             replies = await self.handler.handle(data, where, addr[0])
             for reply in replies:
-                sock.sendto(reply, addr)
+                send(reply, addr)
         except OSError as e:
             log.debug("udp send failed to=%s err=%s", addr, e)
 
@@ -216,3 +233,28 @@ class DnsServer:
             return
         for reply in replies:
             writer.write(struct.pack("!H", len(reply)) + reply)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    """UDP on the event loop: the same reply-cache fast path, misses as tasks."""
+
+    def __init__(self, server: DnsServer, where: Listener) -> None:
+        self.server = server
+        self.where = where
+        self.get = server.handler.udp_cache.get
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        if self.server._stopping:
+            return
+        start = time.perf_counter()
+        hit = self.get(data[2:])
+        if hit is not None:
+            self.transport.sendto(data[:2] + hit[0], addr)
+            self.where.stats.observe(hit[1], time.perf_counter() - start)
+            return
+        self.server._udp_slow(self.transport.sendto, data, addr, self.where)

@@ -72,7 +72,8 @@ def expand_zone(spec: str) -> list[ServedZone]:
     net = ipaddress.ip_network(spec, strict=False)
     step = 8 if net.version == 4 else 4
     prefix = min(net.max_prefixlen, math.ceil(net.prefixlen / step) * step) or step
-    subnets = list(net.subnets(new_prefix=prefix)) if prefix > net.prefixlen else [net]
+    subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = (
+        list(net.subnets(new_prefix=prefix)) if prefix > net.prefixlen else [net])
     if len(subnets) > 256:
         raise ValueError(f"zone {spec}: expands to {len(subnets)} reverse zones; use a longer prefix")
     zones = []
