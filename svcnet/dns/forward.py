@@ -107,6 +107,7 @@ class Forwarder:
         self.health_interval = health_interval
         self.max_fails = max_fails
         self._inflight: dict[CacheKey, asyncio.Future[Message]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.server_label = ""
 
     async def resolve(self, lname: bytes, qtype: int, qclass: int = wire.IN, rd: bool = True,
@@ -124,7 +125,9 @@ class Forwarder:
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._inflight[key] = fut
-            asyncio.ensure_future(self._fill(key, fut, rd))
+            task = asyncio.ensure_future(self._fill(key, fut, rd))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(fut)
 
     async def _fill(self, key: CacheKey, fut: asyncio.Future[Message], rd: bool) -> None:
@@ -261,6 +264,8 @@ class Forwarder:
         for up in self.upstreams:
             if up._task is not None:
                 up._task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def _matching(data: bytes, qid: int, lname: bytes, qtype: int) -> Message | None:
