@@ -7,10 +7,12 @@ twice, even by two API servers on one etcd, and a crash never leaves a Service w
 its allocation or an allocation without its Service (the fault kube's old bitmap
 repair loop existed for).
 
-An in-memory `used` set mirrors the keys. A value is *reserved* in it synchronously
-when picked (no `await` in between), so 50 concurrent creates in one process pick 50
-different values without round trips; the storage compare is the backstop. A failed
-or dry-run write gives its reservations back.
+In memory, a `committed` set per range mirrors the keys (loaded at start, then kept
+current by a watch on the allocation prefix, so several API servers on one etcd see
+each other's allocations), and a `pending` set holds values picked by writes in flight.
+A value is reserved synchronously when picked (no `await` in between), so 50
+concurrent creates in one process pick 50 different values without round trips; the
+storage compare is the backstop. A failed or dry-run write gives its picks back.
 
 Dynamic picks prefer the upper part of each range so the lower band stays free for
 static choices (KEP-3070 for ClusterIPs, e.g. DNS at .10; KEP-3668 for NodePorts):
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +33,13 @@ from svcnet.controlplane.registry.strategies.service import (
     needs_cluster_ip, needs_health_check_node_port, needs_node_ports, ports_of, spec_of,
 )
 from svcnet.controlplane.registry.strategies.validation import FieldError, as_api_error, invalid_value
-from svcnet.controlplane.storage.interface import Compare, Delete, Op, Put, Storage
+from svcnet.controlplane.storage.interface import CompactedError, Compare, Delete, Op, Put, Storage
 
-CLUSTER_IP_PREFIX = "/registry/allocations/clusterips/"
-NODE_PORT_PREFIX = "/registry/allocations/nodeports/"
+ALLOCATIONS_PREFIX = "/registry/allocations/"
+log = logging.getLogger(__name__)
+
+CLUSTER_IP_PREFIX = ALLOCATIONS_PREFIX + "clusterips/"
+NODE_PORT_PREFIX = ALLOCATIONS_PREFIX + "nodeports/"
 
 # Random probes before falling back to a scan (a nearly full range).
 _PROBES = 64
@@ -44,13 +50,24 @@ class RangeFull(Exception):
 
 
 class OffsetRange:
-    """Integers [first, last] with a static lower band, tracking used values."""
+    """Integers [first, last] with a static lower band.
+
+    `committed` mirrors the allocation keys in storage, `pending` holds values picked by
+    writes still in flight. `rev_of` remembers the revision of the latest known state
+    of each value, so a late watch event never undoes a newer local commit."""
 
     def __init__(self, first: int, last: int, band: int) -> None:
         self.first, self.last = first, last
         self.band_end = min(first + band, last + 1)   # [first, band_end) is the static band
-        self.used: set[int] = set()
+        self.committed: set[int] = set()
+        self.pending: set[int] = set()
+        self.rev_of: dict[int, int] = {}
         self._rand = random.Random()
+
+    @property
+    def used(self) -> set[int]:
+        """Every value that may not be handed out now."""
+        return self.committed | self.pending
 
     @property
     def size(self) -> int:
@@ -59,10 +76,13 @@ class OffsetRange:
     def contains(self, value: int) -> bool:
         return self.first <= value <= self.last
 
+    def _taken(self, value: int) -> bool:
+        return value in self.committed or value in self.pending
+
     def reserve(self, value: int) -> bool:
-        if value in self.used:
+        if self._taken(value):
             return False
-        self.used.add(value)
+        self.pending.add(value)
         return True
 
     def reserve_next(self) -> int:
@@ -72,18 +92,29 @@ class OffsetRange:
                 continue
             for _ in range(_PROBES):
                 v: int = self._rand.randint(lo, hi)
-                if v not in self.used:
-                    self.used.add(v)
+                if not self._taken(v):
+                    self.pending.add(v)
                     return v
             start = self._rand.randint(lo, hi)
             for v in (*range(start, hi + 1), *range(lo, start)):
-                if v not in self.used:
-                    self.used.add(v)
+                if not self._taken(v):
+                    self.pending.add(v)
                     return v
         raise RangeFull()
 
-    def release(self, value: int) -> None:
-        self.used.discard(value)
+    def unreserve(self, value: int) -> None:
+        """A pick that was not written (failed or dry-run write)."""
+        self.pending.discard(value)
+
+    def observe(self, value: int, present: bool, revision: int) -> None:
+        """Storage says `value` is (not) allocated as of `revision`."""
+        if revision < self.rev_of.get(value, 0):
+            return
+        self.rev_of[value] = revision
+        if present:
+            self.committed.add(value)
+        else:
+            self.committed.discard(value)
 
 
 @dataclass
@@ -109,17 +140,27 @@ class AllocationPlan:
         ops += [Delete(f"{NODE_PORT_PREFIX}{p}") for p in self.release_ports]
         return ops
 
-    def commit(self) -> None:
+    def commit(self, revision: int) -> None:
+        """The write landed at `revision`."""
+        a = self.allocator
+        for ip in self.claim_ips:
+            a.observe_ip(ip, True, revision)
+        for p in self.claim_ports:
+            a.ports.observe(p, True, revision)
+        self.abort()  # the picks are committed now, no longer pending
         for ip in self.release_ips:
-            self.allocator.release_ip(ip)
+            a.observe_ip(ip, False, revision)
         for p in self.release_ports:
-            self.allocator.ports.release(p)
+            a.ports.observe(p, False, revision)
 
     def abort(self) -> None:
+        """The write did not happen: give the picks back."""
         for ip in self.claim_ips:
-            self.allocator.release_ip(ip)
+            off = self.allocator._offset(ip)
+            if off is not None:
+                self.allocator.ips.unreserve(off)
         for p in self.claim_ports:
-            self.allocator.ports.release(p)
+            self.allocator.ports.unreserve(p)
 
 
 def held_ips(svc: dict[str, Any]) -> set[str]:
@@ -167,17 +208,43 @@ class ServiceAllocator:
 
     # -- state ---------------------------------------------------------------------------
 
-    async def load(self, storage: Storage) -> None:
-        """Fill `used` from the allocation keys in storage."""
-        for kv in (await storage.range(CLUSTER_IP_PREFIX)).kvs:
-            off = self._offset(kv.key[len(CLUSTER_IP_PREFIX):])
-            if off is not None:
-                self.ips.used.add(off)
-        for kv in (await storage.range(NODE_PORT_PREFIX)).kvs:
+    async def load(self, storage: Storage) -> int:
+        """Fill the committed sets from the allocation keys in storage; returns the
+        revision they were read at."""
+        page = await storage.range(ALLOCATIONS_PREFIX)
+        for kv in page.kvs:
+            self.observe_key(kv.key, True, kv.mod_revision)
+        return page.revision
+
+    def observe_key(self, key: str, present: bool, revision: int) -> None:
+        if key.startswith(CLUSTER_IP_PREFIX):
+            self.observe_ip(key[len(CLUSTER_IP_PREFIX):], present, revision)
+        elif key.startswith(NODE_PORT_PREFIX):
             try:
-                self.ports.used.add(int(kv.key[len(NODE_PORT_PREFIX):]))
+                self.ports.observe(int(key[len(NODE_PORT_PREFIX):]), present, revision)
             except ValueError:
                 pass
+
+    def observe_ip(self, ip: str, present: bool, revision: int) -> None:
+        off = self._offset(ip)
+        if off is not None:
+            self.ips.observe(off, present, revision)
+
+    async def follow(self, storage: Storage, start: int) -> None:
+        """Track allocations other API servers make and release on a shared store
+        (etcd); runs until cancelled or the store closes."""
+        while True:
+            w = storage.watch(ALLOCATIONS_PREFIX, start)
+            try:
+                async for ev in w:
+                    self.observe_key(ev.key, ev.type == "PUT", ev.revision)
+                    start = ev.revision + 1
+                return  # the store closed
+            except CompactedError:
+                log.warning("allocation watch fell behind compaction; reloading")
+                start = await self.load(storage) + 1
+            finally:
+                w.close()
 
     def first_ip(self) -> str:
         """The address of the `kubernetes` Service (the range's first usable IP)."""
@@ -194,11 +261,6 @@ class ServiceAllocator:
 
     def _ip(self, offset: int) -> str:
         return str(self.network.network_address + offset)
-
-    def release_ip(self, ip: str) -> None:
-        off = self._offset(ip)
-        if off is not None:
-            self.ips.release(off)
 
     # -- planning ------------------------------------------------------------------------
 

@@ -125,9 +125,11 @@ class Registry:
     @classmethod
     async def with_storage(cls, storage: Storage, allocator: ServiceAllocator) -> "Registry":
         """A Registry over any `Storage` (an etcd backend, a test double)."""
-        await allocator.load(storage)
+        loaded_at = await allocator.load(storage)
         reg = cls(storage, allocator)
         await reg.owners.start()
+        reg._tasks.append(asyncio.create_task(allocator.follow(storage, loaded_at + 1),
+                                              name="allocation-follower"))
         reg._tasks.append(asyncio.create_task(reg._maintenance(), name="registry-maintenance"))
         return reg
 
@@ -399,13 +401,17 @@ class Registry:
             res = await self.storage.txn(compares, ops)
             if res.succeeded:
                 if plan:
-                    plan.commit()
+                    plan.commit(res.revision)
                 return codec.decode(res.kvs[key])
             if plan:
                 plan.abort()
             if res.current.get(key) is not None:
                 raise already_exists(kind.plural, name, kind.group)
-            # the namespace changed or another server took an allocation: try again
+            # The namespace changed, or another API server took a value we picked: learn
+            # it (the allocation follower may not have seen it yet) and try again.
+            for other, held in res.current.items():
+                if held is not None:
+                    self.allocator.observe_key(other, True, held.mod_revision)
         raise APIError(409, "Conflict", f'{kind.resource} "{name}": too many concurrent changes')
 
     def _plan(self, kind: KindInfo, obj: Obj, old: Obj | None) -> AllocationPlan | None:
@@ -527,7 +533,7 @@ class Registry:
                 plan.abort()
             raise _Retry()
         if plan:
-            plan.commit()
+            plan.commit(res.revision)
         stored = codec.decode(res.kvs[kv.key])
         if kind is k.NAMESPACES and meta.get("deletionTimestamp"):
             await self._maybe_finalize_namespace(name)
@@ -714,7 +720,7 @@ class Registry:
         if not res.succeeded:
             raise _Retry()
         if plan:
-            plan.commit()
+            plan.commit(res.revision)
         out = copy.deepcopy(last)
         out["metadata"]["resourceVersion"] = str(res.revision)
         uid = out["metadata"].get("uid")

@@ -181,3 +181,43 @@ def test_bad_ranges_are_rejected() -> None:
         ServiceAllocator("10.96.0.1/12")
     with pytest.raises(ValueError, match="node-port-range"):
         ServiceAllocator(node_port_range="40000-30000")
+
+
+async def test_two_servers_on_one_store_see_each_others_allocations(registry: Registry) -> None:
+    other = await Registry.with_storage(registry.storage, ServiceAllocator())
+    try:
+        out, _ = await registry.create(k.SERVICES, "default", svc("web", clusterIP="10.96.0.77"))
+        # the second server's allocator learns it from the store, not from a failed write
+        for _ in range(100):
+            if 77 in other.allocator.ips.committed:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(APIError) as info:
+            await other.create(k.SERVICES, "default", svc("dup", clusterIP="10.96.0.77"))
+        assert info.value.code == 422 and "already allocated" in causes(info.value)[0][1]
+        await registry.delete(k.SERVICES, "default", "web")
+        for _ in range(100):
+            if 77 not in other.allocator.ips.committed:
+                break
+            await asyncio.sleep(0.01)
+        again, _ = await other.create(k.SERVICES, "default", svc("dup", clusterIP="10.96.0.77"))
+        assert again["spec"]["clusterIP"] == "10.96.0.77"
+    finally:
+        for task in other._tasks:
+            task.cancel()
+        await asyncio.gather(*other._tasks, return_exceptions=True)
+        await other.owners.stop()
+
+
+async def test_a_pick_taken_elsewhere_is_learned_from_the_failed_write(registry: Registry) -> None:
+    # Another server wrote the allocation key directly; this server has not heard of it.
+    for task in registry._tasks:
+        task.cancel()  # stop the follower so only the failed txn can teach the allocator
+    await asyncio.gather(*registry._tasks, return_exceptions=True)
+    registry._tasks.clear()
+    from svcnet.controlplane.registry.allocators import CLUSTER_IP_PREFIX
+
+    await registry.storage.create(CLUSTER_IP_PREFIX + "10.96.0.88", b'{"owner":"elsewhere"}')
+    with pytest.raises(APIError) as info:
+        await registry.create(k.SERVICES, "default", svc("web", clusterIP="10.96.0.88"))
+    assert info.value.code == 422 and "already allocated" in causes(info.value)[0][1]
