@@ -188,7 +188,8 @@ class Handler:
 
     async def _forward(self, q: Query, lname: bytes) -> Outcome:
         if self.forwarder is None:
-            return Outcome(wire.REFUSED, plugin="", cacheable=True)
+            # CoreDNS without a forward plugin: "no next plugin found", SERVFAIL.
+            return Outcome(wire.SERVFAIL, plugin="", cacheable=True)
         do = bool(q.edns and q.edns.do)
         try:
             msg = await self.forwarder.resolve(lname, q.qtype, q.qclass, bool(q.flags & wire.RD),

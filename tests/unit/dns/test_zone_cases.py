@@ -210,3 +210,31 @@ async def test_live_changes_are_visible_at_once() -> None:
     assert not h.udp_cache  # ... and forgotten on change
     r = await ask(h, f"new.{T}", "A")
     assert [str(x.rdata) for x in r.rr] == ["10.0.0.77"]
+
+
+async def test_ns_names_the_dns_service_that_owns_the_servers_address() -> None:
+    objs = [ns("kube-system"), svc("kube-dns", "kube-system", ["10.96.0.10"], [("dns", 53, "UDP")]),
+            slice_("kube-dns-1", "kube-system", "kube-dns", [ep("10.244.0.10")], [("dns", 53, "UDP")])]
+    h = make_handler(objs, local_ips=("10.244.0.10",))
+    await check(h, Case(Z, "NS", answer=[f"{Z} 5 IN NS kube-dns.kube-system.svc.{Z}"],
+                        extra=[f"kube-dns.kube-system.svc.{Z} 5 IN A 10.96.0.10"]))
+    # behind a headless service the endpoint itself is the name server
+    objs[1] = svc("kube-dns", "kube-system", None, [("dns", 53, "UDP")])
+    h = make_handler(objs, local_ips=("10.244.0.10",))
+    await check(h, Case(Z, "NS", answer=[f"{Z} 5 IN NS 10-244-0-10.kube-dns.kube-system.svc.{Z}"],
+                        extra=[f"10-244-0-10.kube-dns.kube-system.svc.{Z} 5 IN A 10.244.0.10"]))
+
+
+def test_serial_moves_only_on_dns_visible_changes() -> None:
+    from svcnet.dns.index import ClusterIndex
+    from svcnet.dns.records import service_record
+
+    now = [100.0]
+    index = ClusterIndex(clock=lambda: now[0])
+    obj = svc("a", "testns", ["10.0.0.1"], [HTTP])
+    assert index.set_service(("testns", "a"), service_record(obj)) and index.serial == 100
+    now[0] = 200.0
+    obj["metadata"]["annotations"] = {"unrelated": "yes"}
+    assert not index.set_service(("testns", "a"), service_record(obj)) and index.serial == 100
+    obj["spec"]["ports"][0]["port"] = 8080
+    assert index.set_service(("testns", "a"), service_record(obj)) and index.serial == 200
