@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine
 
 from svcnet.apiclient import errors
-from svcnet.apiclient.objects import Obj, meta
+from svcnet.apiclient.objects import Obj
 from svcnet.apiclient.resources import LEASES
 from svcnet.controlplane.controllers.clock import format_time
 
