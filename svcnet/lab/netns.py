@@ -217,7 +217,8 @@ class Netns:
         return [str(msg.get("ifname")) async for msg in await self.ipr.link("dump")]
 
     async def link_alias(self, ifname: str) -> str:
-        async for msg in await self.ipr.link("get", index=await self.index(ifname)):
+        msgs = await self.ipr.link("get", index=await self.index(ifname))
+        for msg in msgs:
             return str(msg.get("ifalias") or "")
         return ""
 

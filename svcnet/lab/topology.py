@@ -319,7 +319,7 @@ def _nodes(r: _Reader, lab: str, net: Networking, raw: Any) -> tuple[tuple[Node,
         nodes.append(Node(name, str(role), i, ip, net.underlay_subnet.prefixlen, cidr,
                           tuple(sorted((str(k), str(v)) for k, v in labels.items()))))
     cps = [n for n in nodes if n.role == "control-plane"]
-    if len(cps) != 1 and not r.errors:
+    if len(cps) != 1:
         r.fail("nodes", f"expected exactly one control-plane node, found {len(cps)}")
     # The external client takes the last host address, far from the nodes.
     external = net.underlay_subnet.broadcast_address - 1
