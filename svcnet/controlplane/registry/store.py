@@ -92,6 +92,8 @@ class Registry:
     compaction_interval: float = 300.0
     #: seconds an Event lives (kube-apiserver --event-ttl)
     event_ttl: float = 3600.0
+    #: seconds between re-assertions of the bootstrap objects
+    bootstrap_interval: float = 10.0
 
     def __init__(self, storage: Storage, allocator: ServiceAllocator) -> None:
         self.storage = storage
@@ -101,6 +103,8 @@ class Registry:
         self.owners = OwnerIndex(storage)
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._gc_tasks: set[asyncio.Task[None]] = set()
+        self._bootstrap_task: asyncio.Task[None] | None = None
+        self._compaction_mark = storage.revision
 
     @classmethod
     async def open(cls, data_dir: Path, *, service_cidr: str = "10.96.0.0/12",
@@ -154,6 +158,11 @@ class Registry:
         from svcnet.controlplane.registry.bootstrap import bootstrap
 
         await bootstrap(self, apiserver_ip, apiserver_port)
+        if self._bootstrap_task is not None:
+            self._bootstrap_task.cancel()
+        self._bootstrap_task = asyncio.create_task(self._keep_bootstrap(apiserver_ip, apiserver_port),
+                                                   name="bootstrap-reconcile")
+        self._tasks.append(self._bootstrap_task)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -863,19 +872,39 @@ class Registry:
     # -- maintenance ---------------------------------------------------------------------
 
     async def _maintenance(self) -> None:
-        """Compaction (history kept for `compaction_interval`) and Event expiry."""
-        seen = self.storage.revision
+        """Every `compaction_interval`: compact the history to where it stood one
+        interval ago (so watches and continue tokens live at least that long, as with
+        kube's 5-minute etcd compaction) and expire old Events."""
         while True:
             await asyncio.sleep(self.compaction_interval)
             try:
-                if seen > self.storage.compact_revision:
-                    await self.storage.compact(seen)
-                seen = self.storage.revision
-                await self.expire_events()
+                await self.maintain()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("registry maintenance failed")
+
+    async def maintain(self) -> None:
+        """One maintenance round (see `_maintenance`)."""
+        mark = self._compaction_mark
+        self._compaction_mark = self.storage.revision
+        if mark > self.storage.compact_revision:
+            await self.storage.compact(mark)
+        await self.expire_events()
+
+    async def _keep_bootstrap(self, apiserver_ip: str, apiserver_port: int) -> None:
+        """Re-assert the bootstrap objects every `bootstrap_interval` (kube's bootstrap
+        controller does it every 10 s): a deleted `kubernetes` Service comes back."""
+        from svcnet.controlplane.registry.bootstrap import bootstrap
+
+        while True:
+            await asyncio.sleep(self.bootstrap_interval)
+            try:
+                await bootstrap(self, apiserver_ip, apiserver_port)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("bootstrap reconcile failed: %s", err)
 
     async def expire_events(self) -> int:
         """Delete Events older than `event_ttl` (kube-apiserver keeps them in etcd with a

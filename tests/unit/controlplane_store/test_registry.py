@@ -488,3 +488,32 @@ async def test_namespace_finalize_subresource(registry: Registry) -> None:
     assert plain["spec"]["finalizers"] == ["kubernetes"]  # spec changes only via /finalize
     done, _ = await registry.update(k.NAMESPACES, None, "fin", ns, subresource="finalize")
     assert done["spec"]["finalizers"] == []
+
+
+async def test_maintenance_compacts_to_the_previous_mark(registry: Registry) -> None:
+    await registry.maintain()                      # sets the mark, compacts what was before
+    first_mark = registry.current_revision
+    await registry.create(k.SERVICES, "default", svc("web"))
+    await registry.maintain()
+    assert registry.storage.compact_revision == first_mark  # one interval of history kept
+    stream = registry.watch(k.SERVICES, "default", resource_version=str(first_mark))
+    typ, obj = await stream.__anext__()
+    assert (typ, obj["metadata"]["name"]) == ("ADDED", "web")
+    await stream.aclose()
+
+
+async def test_deleted_kubernetes_service_comes_back(registry: Registry) -> None:
+    import asyncio
+
+    registry.bootstrap_interval = 0.05
+    await registry.bootstrap("192.0.2.10", 6443)   # restarts the reconcile loop
+    await registry.delete(k.SERVICES, "default", "kubernetes")
+    for _ in range(200):
+        try:
+            kube = await registry.get(k.SERVICES, "default", "kubernetes")
+            break
+        except APIError:
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the kubernetes Service was not recreated")
+    assert kube["spec"]["clusterIP"] == "10.96.0.1"
