@@ -30,17 +30,18 @@ def now_micro() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def wait_for(pred: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+def wait_for(pred: Callable[[], T | None], timeout: float = 30.0, what: str = "condition",
              tick: Callable[[], None] | None = None, logs: Callable[[], str] | None = None) -> T:
     """Poll `pred` (running `tick` first each round) until it is truthy; fail with logs."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         if tick is not None:
             tick()
-        last = pred()
-        if last:
-            return last
+        value = pred()
+        if value:
+            return value
+        last = value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs() if logs else ''}")
 
@@ -60,7 +61,7 @@ class Api:
             raise AssertionError(f"{method} {path} -> {status}: {raw[:500]!r}")
         return json.loads(raw) if raw else {}
 
-    def list(self, path: str, selector: str | None = None) -> list[Obj]:
+    def items(self, path: str, selector: str | None = None) -> list[Obj]:
         q = f"?labelSelector={quote(selector)}" if selector else ""
         return list(self.call("GET", path + q).get("items") or [])
 
@@ -68,10 +69,10 @@ class Api:
         return self.call("PATCH", path, patch, "application/merge-patch+json")
 
     def pods(self, ns: str = "default", selector: str | None = None) -> list[Obj]:
-        return self.list(f"/api/v1/namespaces/{ns}/pods", selector)
+        return self.items(f"/api/v1/namespaces/{ns}/pods", selector)
 
     def slices(self, service: str, ns: str = "default") -> list[Obj]:
-        return self.list(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+        return self.items(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
                          f"kubernetes.io/service-name={service}")
 
 

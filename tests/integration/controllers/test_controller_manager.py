@@ -12,13 +12,13 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from integration.controlplane.apiserver_process import ApiServer
 
-from .cluster import Api, ControllerManager, NodeStandIn, ready_of, wait_for
+from .cluster import Api, ControllerManager, NodeStandIn, Obj, ready_of, wait_for
 
 pytestmark = [
     pytest.mark.kubectl,
@@ -60,7 +60,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def endpoints(api: Api, service: str) -> dict[str, tuple[bool, bool, bool, str]]:
+def endpoints(api: Api, service: str) -> dict[str, tuple[Any, Any, Any, Any]]:
     out = {}
     for s in api.slices(service):
         for e in s.get("endpoints") or []:
@@ -82,17 +82,22 @@ def test_deployment_service_and_scheduling_walkthrough(apiserver: ApiServer, sta
         return f"--- controller-manager ---\n{cm.log_tail()}\n--- apiserver ---\n{apiserver.log_tail(1500)}"
 
     apiserver.kubectl("create", "deployment", "web", "--image=svcnet/echo", "--replicas=3")
-    pods = wait_for(lambda: (p := api.pods(selector="app=web")) and len(p) == 3
-                    and all(x["spec"].get("nodeName") for x in p) and p,
-                    what="3 scheduled pods", logs=logs)
+    def scheduled() -> list[Obj] | None:
+        p = api.pods(selector="app=web")
+        return p if len(p) == 3 and all(x["spec"].get("nodeName") for x in p) else None
+
+    pods = wait_for(scheduled, what="3 scheduled pods", logs=logs)
     placed = sorted(p["spec"]["nodeName"] for p in pods)
     assert placed in (["node-a", "node-a", "node-b"], ["node-a", "node-b", "node-b"])  # spread
     h = pods[0]["metadata"]["labels"]["pod-template-hash"]
     assert all(p["metadata"]["name"].startswith(f"web-{h}-") for p in pods)
 
     apiserver.kubectl("expose", "deployment", "web", "--port", "80", "--target-port", "8080")
-    eps = wait_for(lambda: (e := endpoints(api, "web")) and len(e) == 3 and all(v[0] for v in e.values()) and e,
-                   tick=nodes.tick, what="3 ready endpoints", logs=logs)
+    def three_ready() -> dict[str, tuple[Any, Any, Any, Any]] | None:
+        e = endpoints(api, "web")
+        return e if len(e) == 3 and all(v[0] for v in e.values()) else None
+
+    eps = wait_for(three_ready, tick=nodes.tick, what="3 ready endpoints", logs=logs)
     [sl] = api.slices("web")
     assert sl["addressType"] == "IPv4"
     assert sl["ports"] == [{"name": "", "port": 8080, "protocol": "TCP"}]
@@ -180,9 +185,11 @@ def test_node_lease_timeout_and_recovery(apiserver: ApiServer, start_cm: object)
     # node-b's agent stops: after the grace period it is Unknown, its endpoint not ready.
     nodes.renewing.discard("node-b")
     wait_for(lambda: node_ready("node-b") == "Unknown", tick=nodes.tick, what="node-b Unknown", logs=logs)
-    eps = wait_for(lambda: (e := endpoints(api, "web")) and
-                   {v[3]: v[0] for v in e.values()} == {"node-a": True, "node-b": False} and e,
-                   tick=nodes.tick, what="node-b's endpoint not ready", logs=logs)
+    def b_not_ready() -> dict[str, tuple[Any, Any, Any, Any]] | None:
+        e = endpoints(api, "web")
+        return e if {v[3]: v[0] for v in e.values()} == {"node-a": True, "node-b": False} else None
+
+    eps = wait_for(b_not_ready, tick=nodes.tick, what="node-b's endpoint not ready", logs=logs)
     assert node_ready("node-a") == "True"
     assert len(eps) == 2
     # It comes back when the Lease is renewed again.
