@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -182,6 +183,13 @@ def normalize_ip(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
+    # Fast path in C (a full sync converts tens of thousands of addresses);
+    # ipaddress only for the odd cases.
+    for af in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(af, socket.inet_pton(af, text))
+        except (OSError, ValueError):
+            continue
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -336,8 +344,10 @@ def endpoints_by_port(
     return {k: tuple(sorted(v.values(), key=_ep_sort_key)) for k, v in merged.items()}
 
 
-def _ep_sort_key(e: Endpoint) -> tuple[int, int, int]:
-    return (int(ipaddress.ip_address(e.ip)), e.port, 0)
+def _ep_sort_key(e: Endpoint) -> tuple[bytes, int]:
+    if ":" in e.ip:
+        return (b"\xff" + socket.inet_pton(socket.AF_INET6, e.ip), e.port)
+    return (socket.inet_pton(socket.AF_INET, e.ip), e.port)
 
 
 def _endpoint(ep: Obj, port: int, node_name: str) -> Endpoint | None:

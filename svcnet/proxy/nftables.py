@@ -49,6 +49,7 @@ LOCAL_CIDRS = "pod-cidrs"
 NO_ENDPOINT_SERVICES = "no-endpoint-services"
 NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
 FIREWALL_IPS = "firewall-ips"
+HAIRPIN = "hairpin"
 MARK_CHAIN = "mark-for-masquerade"
 MASQ_CHAIN = "masquerading"
 REJECT_CHAIN = "reject-chain"
@@ -69,7 +70,9 @@ GOTO_REJECT = f"goto {REJECT_CHAIN}"
 
 
 def _hash8(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:8]
+    # base32 of the first 5 bytes == the first 8 characters of base32 of the whole
+    # digest (kube-proxy's form), at a fraction of the cost.
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:5]).decode()
 
 
 @lru_cache(maxsize=200_000)
@@ -166,7 +169,7 @@ def compute_family(
         # sorted: the rendered text (--dry-run, golden tests) must not depend on event order
         services = {
             spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), state, f)
-            for spn in sorted(state.services)
+            for spn in sorted(state.services, key=_spn_key)
         }
         elements = count_elements(None, (), [e for sr in services.values() for e in sr.elements])
         elements = count_elements(elements, (), fixed_elements)
@@ -194,6 +197,7 @@ def _fixed(state: ProxyState, f: _Fam) -> tuple[tuple[NftSet, ...], tuple[Chain,
         NftSet(NO_ENDPOINT_SERVICES, proto_port, "verdict", comment="vmap to drop or reject packets to services with no endpoints"),
         NftSet(NO_ENDPOINT_NODEPORTS, "inet_proto . inet_service", "verdict", comment="vmap to drop or reject packets to service nodeports with no endpoints"),
         NftSet(FIREWALL_IPS, proto_port, "verdict", comment="destinations that are subject to LoadBalancerSourceRanges"),
+        NftSet(HAIRPIN, f"{f.addr} . {f.addr}", comment="endpoint . endpoint: a pod reaching itself via a Service"),
     ]
     elements: list[Element] = []
     local_cidrs = cfg.local_cidrs
@@ -209,17 +213,29 @@ def _fixed(state: ProxyState, f: _Fam) -> tuple[tuple[NftSet, ...], tuple[Chain,
         nodeport_match = f"fib daddr type local {f.ip} daddr != {f.loopback}"
     mark = f"0x{cfg.masquerade_mark:x}"
     new = "ct state new"
+    # Traffic to ClusterIPs from outside the cluster (or from anyone with
+    # --masquerade-all) is marked once here, before the service-ips dispatch, instead
+    # of by one rule per service chain. Packets to a ClusterIP that end up not
+    # DNATed (wrong port, no endpoints) are rejected or dropped by the filter chains,
+    # so marking them changes nothing.
+    services_rules = []
+    if cfg.masquerade_all:
+        services_rules.append(f"{f.ip} daddr @{CLUSTER_IPS} jump {MARK_CHAIN}")
+    elif local_cidrs:
+        services_rules.append(f"{f.ip} daddr @{CLUSTER_IPS} {_saddr_match(f, local_cidrs, True)} jump {MARK_CHAIN}")
     first = (
         Chain(MARK_CHAIN, (f"mark set mark or {mark}",)),
         Chain(REJECT_CHAIN, ("reject",)),
     )
     last = (
         Chain(MASQ_CHAIN, (
+            f"{f.ip} saddr . {f.ip} daddr @{HAIRPIN} jump {MARK_CHAIN}",
             f"mark and {mark} == 0 return",
             f"mark set mark xor {mark}",
             "masquerade fully-random",
         )),
         Chain(SERVICES_CHAIN, (
+            *services_rules,
             f"{f.ip} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}",
             f"{nodeport_match} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
         )),
@@ -247,6 +263,10 @@ def _fixed(state: ProxyState, f: _Fam) -> tuple[tuple[NftSet, ...], tuple[Chain,
     return tuple(sets), first, last, tuple(elements)
 
 
+def _spn_key(spn: ServicePortName) -> tuple[str, str, str, str]:
+    return (spn.namespace, spn.name, spn.port, spn.protocol)
+
+
 def _merge_cidrs(cidrs: tuple[str, ...]) -> list[str]:
     """Interval sets refuse overlapping elements: collapse them first."""
     nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
@@ -264,9 +284,13 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
     sets: list[NftSet] = []
     elements: list[Element] = [(CLUSTER_IPS, sp.cluster_ip, "")]
 
-    # Endpoint chains (shared by the cluster and local chains).
+    # Endpoint chains (shared by the cluster and local chains). Hairpin traffic (a
+    # pod DNATed back to itself) is marked in postrouting through @hairpin, one
+    # element per endpoint IP, instead of one rule per endpoint chain: rules cost
+    # far more than set elements to load (bench/proxy.py).
     for ep in {e.address: e for e in (*cat.cluster, *cat.local)}.values():
-        rules = [f"{f.ip} saddr {ep.ip} jump {MARK_CHAIN}"]  # hairpin: a pod reaching itself
+        rules = []
+        elements.append((HAIRPIN, f"{ep.ip} . {ep.ip}", ""))
         if sp.affinity_timeout is not None:
             aff = affinity_set(spn, ep)
             sets.append(NftSet(aff, f.addr, flags=("dynamic", "timeout"), timeout=sp.affinity_timeout))
@@ -274,17 +298,8 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
         rules.append(f"meta l4proto {proto} dnat to {ep.address}")
         chains.append(Chain(endpoint_chain(spn, ep), tuple(rules)))
 
-    masq_cluster_ip: str | None = None
-    if cfg.masquerade_all:
-        masq_cluster_ip = f"{f.ip} daddr {sp.cluster_ip} {proto} dport {sp.port} jump {MARK_CHAIN}"
-    elif cfg.local_cidrs:
-        masq_cluster_ip = (f"{f.ip} daddr {sp.cluster_ip} {proto} dport {sp.port} "
-                           f"{_saddr_match(f, cfg.local_cidrs, True)} jump {MARK_CHAIN}")
-
-    def dispatch(name: str, eps: tuple[Endpoint, ...], internal: bool) -> None:
+    def dispatch(name: str, eps: tuple[Endpoint, ...]) -> None:
         rules: list[str] = []
-        if internal and masq_cluster_ip:
-            rules.append(masq_cluster_ip)
         if sp.affinity_timeout is not None:
             rules.extend(f"{f.ip} saddr @{affinity_set(spn, e)} goto {endpoint_chain(spn, e)}" for e in eps)
         n = len(eps)
@@ -295,9 +310,9 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
 
     svc_chain, loc_chain = service_chain(spn), local_chain(spn)
     if cat.cluster:
-        dispatch(svc_chain, cat.cluster, not sp.internal_policy_local)
+        dispatch(svc_chain, cat.cluster)
     if cat.local:
-        dispatch(loc_chain, cat.local, sp.internal_policy_local)
+        dispatch(loc_chain, cat.local)
 
     # Internal traffic: the ClusterIP.
     internal_eps = cat.local if sp.internal_policy_local else cat.cluster

@@ -163,6 +163,13 @@ class Tracer:
         while i < len(t):
             tok = t[i]
             if tok in (self.ip,) and t[i + 1] in ("saddr", "daddr"):
+                if i + 5 < len(t) and t[i + 2] == "." and t[i + 3] == self.ip and t[i + 5].startswith("@"):
+                    key = f"{p.src} . {self._daddr(p)}"  # ip saddr . ip daddr @set
+                    if key not in self.table.set_elements.get(t[i + 5][1:], {}):
+                        yield False, p, ("", "")
+                        return
+                    i += 6
+                    continue
                 if i + 9 < len(t) and t[i + 2] == "." and t[i + 8] == "vmap":
                     key = f"{self._daddr(p)} . {p.proto} . {self._dport(p)}"
                     yield from self._vmap(t[i + 9], key, p)
