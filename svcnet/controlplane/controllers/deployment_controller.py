@@ -82,15 +82,15 @@ class DeploymentController(Controller):
         if plan.create or plan.delete:
             log.info("deployment=%s hash=%s create=%d delete=%d", key, plan.pod_hash, plan.create,
                      len(plan.delete))
-        await self._delete(key, plan.delete)
-        await self._create(key, plan.pod_template, plan.create)
+        await self._delete(d, key, plan.delete)
+        await self._create(d, key, plan.pod_template, plan.create)
         if plan.status is not None:
             made = await self.client.update_status(DEPLOYMENTS, {**d, "status": plan.status}, ns)
             self.status_written.wrote(key, name_of(made), str(meta(made).get("resourceVersion") or ""))
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
 
-    async def _create(self, key: str, template: Obj, count: int) -> None:
+    async def _create(self, d: Obj, key: str, template: Obj, count: int) -> None:
         if not count:
             return
         self.expectations.expect(key, adds=count)
@@ -99,19 +99,28 @@ class DeploymentController(Controller):
         failed = [r for r in results if isinstance(r, BaseException)]
         for _ in failed:
             self.expectations.observed_add(key)
+        # The ReplicaSet controller's events; here the Deployment is the pods' owner.
+        for made in results:
+            if isinstance(made, dict):
+                await self.events.record(d, "Normal", "SuccessfulCreate", f"Created pod: {name_of(made)}")
         if failed:
+            await self.events.record(d, "Warning", "FailedCreate", f"Error creating: {failed[0]}")
             raise failed[0]
 
-    async def _delete(self, key: str, pods: list[Obj]) -> None:
+    async def _delete(self, d: Obj, key: str, pods: list[Obj]) -> None:
         if not pods:
             return
         self.expectations.expect(key, deletes={name_of(p) for p in pods})
         for pod in pods:
+            uid = meta(pod).get("uid")
             try:
+                # The uid precondition: never delete a newer pod that took the same name.
                 await self.client.delete(PODS, name_of(pod), namespace_of(pod),
-                                         preconditions={"uid": str(meta(pod).get("uid"))} if meta(pod).get("uid") else None)
+                                         preconditions={"uid": str(uid)} if uid else None)
             except (errors.NotFound, errors.Conflict):
                 self.expectations.observed_delete(key, name_of(pod))
+                continue
+            await self.events.record(d, "Normal", "SuccessfulDelete", f"Deleted pod: {name_of(pod)}")
 
     async def _collect_garbage(self, key: str, ns: str) -> None:
         """The Deployment is gone: delete its pods (the garbage collector's job upstream)."""

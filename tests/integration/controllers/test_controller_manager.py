@@ -91,6 +91,8 @@ def test_deployment_service_and_scheduling_walkthrough(apiserver: ApiServer, sta
     assert placed in (["node-a", "node-a", "node-b"], ["node-a", "node-b", "node-b"])  # spread
     h = pods[0]["metadata"]["labels"]["pod-template-hash"]
     assert all(p["metadata"]["name"].startswith(f"web-{h}-") for p in pods)
+    events = apiserver.kubectl_json("get", "events", "--field-selector", "involvedObject.kind=Deployment")["items"]
+    assert sorted(e["message"] for e in events) == sorted(f"Created pod: {p['metadata']['name']}" for p in pods)
 
     apiserver.kubectl("expose", "deployment", "web", "--port", "80", "--target-port", "8080")
     def three_ready() -> dict[str, tuple[Any, Any, Any, Any]] | None:
