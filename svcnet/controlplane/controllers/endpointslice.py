@@ -32,7 +32,10 @@ What it reproduces, because kube-proxy and DNS rely on it:
   slice that would be created. A Service with no endpoints keeps one placeholder slice.
 
 Differences from upstream, on purpose: endpoints are ordered by address rather than
-popped from a hash set, so results are deterministic; topology hints are not computed;
+popped from a hash set, so results are deterministic; hints come only from
+`spec.trafficDistribution` (`PreferClose`/`PreferSameZone`: `forZones` = the endpoint's
+zone; `PreferSameNode`: also `forNodes` = its node), not from the proportional
+`service.kubernetes.io/topology-mode: Auto` heuristic;
 the placeholder is made once per Service (for its primary family) rather than per family.
 """
 
@@ -60,6 +63,8 @@ CONTROLLER_NAME = "endpointslice-controller.k8s.io"
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 RESERVED_LABELS = frozenset({SERVICE_NAME_LABEL, MANAGED_BY_LABEL, HEADLESS_LABEL})
 DEFAULT_MAX_ENDPOINTS_PER_SLICE = 100
+# trafficDistribution values that give each endpoint a hint for its own zone
+TRAFFIC_DISTRIBUTION_HINTS = frozenset({"PreferClose", "PreferSameZone", "PreferSameNode"})
 
 
 # -- the model ---------------------------------------------------------------------
@@ -111,6 +116,8 @@ class Endpoint:
     node_name: str | None = None
     zone: str | None = None
     target_ref: TargetRef | None = None
+    hint_zones: tuple[str, ...] = ()
+    hint_nodes: tuple[str, ...] = ()
 
     def identity(self) -> tuple[Any, ...]:
         """What makes two endpoints "the same endpoint" (upstream `hashEndpoint`):
@@ -136,6 +143,13 @@ class Endpoint:
             out["nodeName"] = self.node_name
         if self.zone is not None:
             out["zone"] = self.zone
+        if self.hint_zones or self.hint_nodes:
+            hints: Obj = {}
+            if self.hint_zones:
+                hints["forZones"] = [{"name": z} for z in self.hint_zones]
+            if self.hint_nodes:
+                hints["forNodes"] = [{"name": n} for n in self.hint_nodes]
+            out["hints"] = hints
         return out
 
     @classmethod
@@ -144,9 +158,12 @@ class Endpoint:
         ref = obj.get("targetRef")
         target = TargetRef(str(ref.get("kind") or ""), str(ref.get("namespace") or ""),
                            str(ref.get("name") or ""), str(ref.get("uid") or "")) if ref else None
+        hints = obj.get("hints") or {}
         return cls(tuple(str(a) for a in obj.get("addresses") or ()), cond.get("ready"),
                    cond.get("serving"), cond.get("terminating"), obj.get("hostname"),
-                   obj.get("nodeName"), obj.get("zone"), target)
+                   obj.get("nodeName"), obj.get("zone"), target,
+                   tuple(str(z.get("name")) for z in hints.get("forZones") or []),
+                   tuple(str(n.get("name")) for n in hints.get("forNodes") or []))
 
 
 PortMapping = tuple[EndpointPort, ...]
@@ -237,6 +254,10 @@ def pod_endpoint(pod: Obj, service: Obj, address_type: str, zones: Mapping[str, 
             and namespace_of(pod) == namespace_of(service):
         hostname = str(spec["hostname"])
     node = node_name_of(pod) or None
+    zone = zones.get(node) if node else None
+    distribution = (service.get("spec") or {}).get("trafficDistribution")
+    hint_zones = (zone,) if zone and distribution in TRAFFIC_DISTRIBUTION_HINTS else ()
+    hint_nodes = (node,) if node and distribution == "PreferSameNode" else ()
     return Endpoint(
         addresses=addresses,
         ready=publish or (serving and not terminating),
@@ -244,8 +265,10 @@ def pod_endpoint(pod: Obj, service: Obj, address_type: str, zones: Mapping[str, 
         terminating=terminating,
         hostname=hostname,
         node_name=node,
-        zone=zones.get(node) if node else None,
+        zone=zone,
         target_ref=TargetRef("Pod", namespace_of(pod), name_of(pod), str(meta(pod).get("uid") or "")),
+        hint_zones=hint_zones,
+        hint_nodes=hint_nodes,
     )
 
 

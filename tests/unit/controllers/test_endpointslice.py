@@ -296,3 +296,28 @@ def test_trigger_time_tracker() -> None:
     assert tracker.compute("default/web", svc, [a, b]) is None
     b2 = pod("b", "10.244.1.3", ready=False, ready_at="2026-01-01T00:02:00.250Z")
     assert tracker.compute("default/web", svc, [a, b2]) == "2026-01-01T00:02:00.25Z"
+
+
+@pytest.mark.parametrize("distribution, expected", [
+    pytest.param(None, None, id="none"),
+    pytest.param("PreferClose", {"forZones": [{"name": "z1"}]}, id="prefer-close"),
+    pytest.param("PreferSameZone", {"forZones": [{"name": "z1"}]}, id="prefer-same-zone"),
+    pytest.param("PreferSameNode", {"forZones": [{"name": "z1"}], "forNodes": [{"name": "n1"}]},
+                 id="prefer-same-node"),
+])
+def test_traffic_distribution_hints(distribution: str | None, expected: Obj | None) -> None:
+    svc = service()
+    if distribution:
+        svc["spec"]["trafficDistribution"] = distribution
+    [s] = converge(svc, [pod("a", "10.244.1.2", node="n1")], zones={"n1": "z1"})
+    assert s["endpoints"][0].get("hints") == expected
+    # switching the distribution off removes the hints again
+    changes = reconcile_slices(service(), [pod("a", "10.244.1.2", node="n1")], [s], zones={"n1": "z1"})
+    assert (len(changes.update) == 1) is (expected is not None)
+
+
+def test_no_zone_no_zone_hint() -> None:
+    svc = service()
+    svc["spec"]["trafficDistribution"] = "PreferClose"
+    [s] = converge(svc, [pod("a", "10.244.1.2", node="n1")])
+    assert "hints" not in s["endpoints"][0]
