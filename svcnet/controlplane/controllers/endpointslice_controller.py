@@ -60,19 +60,24 @@ class EndpointSliceController(Controller):
         existing = self.inf.slices.by_index(SERVICE_INDEX, key)
         self.written.check(key, {name_of(o): meta(o).get("resourceVersion") for o in existing})
         service = self.inf.services.get(key)
+        trigger_state = None
         if service is None:
             self.triggers.forget(key)
             changes = es.SliceChanges(delete=existing)
         else:
             pods = self.inf.pods.by_index("namespace", namespace_of(service))
             selected = es.selected_pods(service, pods)
-            trigger = self.triggers.compute(key, service, selected)
+            trigger, trigger_state = self.triggers.compute(key, service, selected)
             zones = {name_of(n): z for n in self.inf.nodes.list() if (z := zone_of(n))}
             changes = es.reconcile_slices(service, selected, existing, zones,
                                           max_endpoints_per_slice=self.config.max_endpoints_per_slice,
                                           trigger_time=trigger)
-        if changes.empty:
-            return
+        if not changes.empty:
+            await self._write(key, changes)
+        if trigger_state is not None:
+            self.triggers.commit(key, trigger_state)
+
+    async def _write(self, key: str, changes: es.SliceChanges) -> None:
         ns = key.partition("/")[0]
         for obj in changes.create:
             made = await self.client.create(ENDPOINT_SLICES, obj, ns)

@@ -22,20 +22,25 @@ def pod_trigger_time(pod: Obj) -> float | None:
 
 
 @dataclass
-class _ServiceState:
+class TriggerState:
     pod_times: dict[str, float] = field(default_factory=dict)
     service_time: float | None = None
 
 
 class TriggerTimeTracker:
-    """Per-Service memory of the trigger times already accounted for."""
+    """Per-Service memory of the trigger times already written.
+
+    `compute()` does not change that memory; `commit()` does, once the sync's writes
+    succeeded, so a failed write keeps its trigger time for the retry (upstream forgets
+    it and the retried write loses the annotation)."""
 
     def __init__(self) -> None:
-        self._state: dict[str, _ServiceState] = {}
+        self._state: dict[str, TriggerState] = {}
 
-    def compute(self, service_key: str, service: Obj, pods: list[Obj]) -> str | None:
-        """The trigger time for this sync as RFC3339Nano text, or None when nothing moved."""
-        state = self._state.setdefault(service_key, _ServiceState())
+    def compute(self, service_key: str, service: Obj, pods: list[Obj]) -> tuple[str | None, TriggerState]:
+        """The trigger time for this sync as RFC3339Nano text (None when nothing moved),
+        and the state to `commit()` after writing."""
+        state = self._state.get(service_key) or TriggerState()
         earliest: float | None = None
         times: dict[str, float] = {}
         for pod in pods:
@@ -48,8 +53,11 @@ class TriggerTimeTracker:
         svc_t = parse_time(meta(service).get("creationTimestamp"))
         if svc_t is not None and (state.service_time is None or svc_t > state.service_time):
             earliest = svc_t if earliest is None else min(earliest, svc_t)
-        state.pod_times, state.service_time = times, svc_t
-        return format_time(earliest, nano=True) if earliest is not None else None
+        text = format_time(earliest, nano=True) if earliest is not None else None
+        return text, TriggerState(times, svc_t)
+
+    def commit(self, service_key: str, state: TriggerState) -> None:
+        self._state[service_key] = state
 
     def forget(self, service_key: str) -> None:
         self._state.pop(service_key, None)

@@ -292,10 +292,13 @@ def test_trigger_time_tracker() -> None:
     a = pod("a", "10.244.1.2", ready_at="2026-01-01T00:00:05Z")
     b = pod("b", "10.244.1.3", ready_at="2026-01-01T00:00:07Z")
     # first sync: the Service's creation is the earliest unreflected change
-    assert tracker.compute("default/web", svc, [a, b]) == "2026-01-01T00:00:00Z"
-    assert tracker.compute("default/web", svc, [a, b]) is None
+    text, state = tracker.compute("default/web", svc, [a, b])
+    assert text == "2026-01-01T00:00:00Z"
+    assert tracker.compute("default/web", svc, [a, b])[0] == text  # not committed: a retry keeps it
+    tracker.commit("default/web", state)
+    assert tracker.compute("default/web", svc, [a, b])[0] is None
     b2 = pod("b", "10.244.1.3", ready=False, ready_at="2026-01-01T00:02:00.250Z")
-    assert tracker.compute("default/web", svc, [a, b2]) == "2026-01-01T00:02:00.25Z"
+    assert tracker.compute("default/web", svc, [a, b2])[0] == "2026-01-01T00:02:00.25Z"
 
 
 @pytest.mark.parametrize("distribution, expected", [
