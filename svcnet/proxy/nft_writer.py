@@ -95,6 +95,18 @@ def run_nft(binary: str = "nft") -> Executor:
     return execute
 
 
+def default_executor(binary: str = "nft") -> Executor:
+    """In-process libnftables when available (no fork/exec per sync), else `nft -f -`."""
+    if binary == "nft":
+        try:
+            from svcnet.proxy.libnftables import LibNftables
+
+            return LibNftables()
+        except NftError as e:
+            log.info("libnftables unavailable, using the nft binary: %s", e)
+    return run_nft(binary)
+
+
 class NftWriter:
     """Keeps the last good ruleset and turns the next one into a minimal transaction."""
 
@@ -106,7 +118,7 @@ class NftWriter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.families = families
-        self.execute = executor or run_nft(binary)
+        self.execute = executor or default_executor(binary)
         self.clock = clock
         self.applied: Ruleset | None = None  # last ruleset the kernel accepted
         self._stale: dict[tuple[int, str], float] = {}  # (family, chain) -> flushed at

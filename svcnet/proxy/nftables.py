@@ -1,18 +1,29 @@
 """nftables mode: the desired ruleset computed from `ProxyState`, as data.
 
 The layout follows kube-proxy's nftables mode (see README.md in this folder for the
-hooks and priorities), with one deliberate difference in rule shape: a service
-chain picks its endpoint with *chained* `numgen` draws
+hooks and priorities), with measured differences in rule shape. A service chain
+picks and translates its endpoint inline, with *chained* `numgen` draws:
 
-    numgen random mod 3 0 goto endpoint-A      # 1/3
-    numgen random mod 2 0 goto endpoint-B      # 1/2 of the remaining 2/3
-    goto endpoint-C                            # the rest
+    meta l4proto tcp numgen random mod 3 0 dnat to A      # 1/3
+    meta l4proto tcp numgen random mod 2 0 dnat to B      # 1/2 of the remaining 2/3
+    meta l4proto tcp dnat to C comment "ns/svc:port"      # the rest
 
-instead of kube-proxy's one anonymous `numgen random mod N vmap { … }` per service.
-Each anonymous vmap is a kernel set, and on this kernel allocating and looking up
-anonymous sets is O(sets in the table): 10,000 services took 52 s to load that way
-and 1.4 s with chained draws (bench/proxy.py measures it). The distribution is the
-same: uniform over the endpoints, independently per new connection.
+* not kube-proxy's one anonymous `numgen random mod N vmap { … }` per service: each
+  anonymous vmap is a kernel set, and on this kernel allocating and looking up
+  anonymous sets is O(sets in the table): 10,000 services took 52 s to load that
+  way against 1.4 s for chained draws (reference/perf-floors.md);
+* not a `goto` to one chain per endpoint either: 30,000 endpoint chains at 10,000
+  services make every load slower and make nft list every chain of the table
+  before it accepts any rule that jumps to one. Inline DNAT loaded 10,000 services
+  x 3 endpoints in 0.88 s of CPU against 1.39 s for the per-endpoint-chain floor,
+  and rewriting one service's chain takes ~35 ms of nft CPU instead of ~140 ms,
+  because a rule without a jump needs no chain cache (bench/proxy.py);
+* hairpin marking is one lookup in postrouting (`ip saddr . ip daddr @hairpin`)
+  and the off-cluster-to-ClusterIP mark one rule in `services`, not a rule per
+  endpoint and per service.
+
+The distribution is kube-proxy's: uniform over the usable endpoints, drawn
+independently for every new connection.
 
 `compute()` reuses the previous ruleset's `ServiceRules` for every service port that
 did not change, so a partial sync costs O(changed services) in Python as well.
@@ -105,10 +116,6 @@ def external_chain(spn: ServicePortName) -> str:
 
 def firewall_chain(spn: ServicePortName) -> str:
     return f"firewall-{port_base(spn)}"
-
-
-def endpoint_chain(spn: ServicePortName, ep: Endpoint) -> str:
-    return f"endpoint-{endpoint_base(spn, ep.address)}"
 
 
 def affinity_set(spn: ServicePortName, ep: Endpoint) -> str:
@@ -284,28 +291,31 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
     sets: list[NftSet] = []
     elements: list[Element] = [(CLUSTER_IPS, sp.cluster_ip, "")]
 
-    # Endpoint chains (shared by the cluster and local chains). Hairpin traffic (a
-    # pod DNATed back to itself) is marked in postrouting through @hairpin, one
-    # element per endpoint IP, instead of one rule per endpoint chain: rules cost
-    # far more than set elements to load (bench/proxy.py).
+    # Endpoints are picked and translated inline in the service (and local) chain:
+    # one rule per endpoint, no per-endpoint chains. Hairpin traffic (a pod DNATed
+    # back to itself) is marked in postrouting through @hairpin, one element per
+    # endpoint IP. See the module docstring for why (load time, partial syncs).
     for ep in {e.address: e for e in (*cat.cluster, *cat.local)}.values():
-        rules = []
         elements.append((HAIRPIN, f"{ep.ip} . {ep.ip}", ""))
         if sp.affinity_timeout is not None:
-            aff = affinity_set(spn, ep)
-            sets.append(NftSet(aff, f.addr, flags=("dynamic", "timeout"), timeout=sp.affinity_timeout))
-            rules.append(f"update @{aff} {{ {f.ip} saddr }}")
-        rules.append(f"meta l4proto {proto} dnat to {ep.address}")
-        chains.append(Chain(endpoint_chain(spn, ep), tuple(rules)))
+            sets.append(NftSet(affinity_set(spn, ep), f.addr, flags=("dynamic", "timeout"),
+                               timeout=sp.affinity_timeout))
+
+    def translate(ep: Endpoint) -> str:
+        if sp.affinity_timeout is None:
+            return f"dnat to {ep.address}"
+        return f"update @{affinity_set(spn, ep)} {{ {f.ip} saddr }} dnat to {ep.address}"
+
+    l4 = f"meta l4proto {proto}"
 
     def dispatch(name: str, eps: tuple[Endpoint, ...]) -> None:
         rules: list[str] = []
-        if sp.affinity_timeout is not None:
-            rules.extend(f"{f.ip} saddr @{affinity_set(spn, e)} goto {endpoint_chain(spn, e)}" for e in eps)
+        if sp.affinity_timeout is not None:  # a client seen recently keeps its endpoint
+            rules.extend(f"{l4} {f.ip} saddr @{affinity_set(spn, e)} {translate(e)}" for e in eps)
         n = len(eps)
         for i, e in enumerate(eps[:-1]):
-            rules.append(f"numgen random mod {n - i} 0 goto {endpoint_chain(spn, e)}")
-        rules.append(f"goto {endpoint_chain(spn, eps[-1])} {comment}")
+            rules.append(f"{l4} numgen random mod {n - i} 0 {translate(e)}")
+        rules.append(f"{l4} {translate(eps[-1])} {comment}")
         chains.append(Chain(name, tuple(rules)))
 
     svc_chain, loc_chain = service_chain(spn), local_chain(spn)
