@@ -112,16 +112,19 @@ class _Compacted(Exception):
 
 
 def parse_etcd_url(url: str) -> list[str]:
-    """`etcd://HOST:PORT[,HOST:PORT…]` → ["HOST:PORT", …] (IPv6 as [ADDR]:PORT)."""
-    if not url.startswith("etcd://"):
+    """`etcd://HOST:PORT[,HOST:PORT…]` → ["http://HOST:PORT", …] (IPv6 as [ADDR]:PORT).
+    `http://` is accepted for etcd:// (and `etcds://`/`https://` give https URLs)."""
+    scheme, sep, rest = url.partition("://")
+    schemes = {"etcd": "http", "http": "http", "etcds": "https", "https": "https"}
+    if not sep or scheme not in schemes:
         raise ValueError(f"invalid etcd storage {url!r}: want etcd://HOST:PORT[,HOST:PORT…]")
     out = []
-    for part in url[len("etcd://"):].split(","):
+    for part in rest.split(","):
         part = part.strip().rstrip("/")
-        host, sep, port = part.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        host, colon, port = part.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"invalid etcd endpoint {part!r} in {url!r}: want HOST:PORT")
-        out.append(part)
+        out.append(f"{schemes[scheme]}://{part}")
     return out
 
 
@@ -180,6 +183,7 @@ class EtcdStorage(Storage):
         self._watchers: set[_CacheWatch] = set()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._outside_rev = 0        # last write of ours outside the cached space
+        self._foreign: set[int] = set()  # recent revisions of ours with no event in the space
         self._compact_version = 0
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_resp: aiohttp.ClientResponse | None = None
@@ -215,9 +219,6 @@ class EtcdStorage(Storage):
             await store._session.close()
             raise
         store._watch_task = asyncio.create_task(store._watch_loop(), name="etcd-watch-cache")
-        # Until the replayed history has passed the loaded revision, watches from an
-        # older revision would wait; give the replay a moment so `open` returns synced.
-        await store._wait_event_rev(store._state_rev, store.write_sync_timeout)
         log.info("etcd storage opened endpoints=%s prefix=%s revision=%d history-from=%d",
                  ",".join(store.endpoints), store.prefix, store._state_rev, store._floor)
         return store
@@ -354,6 +355,12 @@ class EtcdStorage(Storage):
         return max(self._state_rev, self._progress_rev, self._outside_rev)
 
     @property
+    def _delivered(self) -> int:
+        """Every event of the cached space up to here has reached the watches (while the
+        start-up replay runs this is below the loaded revision)."""
+        return max(self._event_rev, self._progress_rev)
+
+    @property
     def compact_revision(self) -> int:
         return self._floor
 
@@ -469,8 +476,9 @@ class EtcdStorage(Storage):
                 old = self._kv(gone[0]) if gone else None
                 wrote = wrote or old is not None
             prev[op.key] = old
-        if wrote and not all(self._cached(k) for k in keys):
+        if wrote and not any(self._cached(k) for k in keys):
             self._outside_rev = max(self._outside_rev, revision)
+            self._note_foreign(revision)
         elif wrote and not await self._wait_state(revision, self.write_sync_timeout):
             log.warning("write at revision %d not seen on the watch in %.1fs: reconnecting the watch",
                         revision, self.write_sync_timeout)
@@ -510,6 +518,7 @@ class EtcdStorage(Storage):
             "failure": [{"request_range": {"key": ck}}],
         })
         if payload.get("succeeded"):
+            self._note_foreign(int(payload["header"]["revision"]))
             self._compact_version += 1
             try:
                 await self._call("kv/compaction", {"revision": revision})
@@ -583,6 +592,9 @@ class EtcdStorage(Storage):
             except asyncio.CancelledError:
                 raise
             except _Compacted as err:
+                if err.revision <= self._state_rev:
+                    self._skip_history(err.revision)
+                    continue
                 log.warning("etcd compacted past the watch cache (resume %d, compacted %d): relisting",
                             self._event_rev + 1, err.revision)
                 try:
@@ -643,6 +655,19 @@ class EtcdStorage(Storage):
         endpoint = self.endpoints[self._current % len(self.endpoints)]
         async for r in self._stream(endpoint, self._space, self._space_end, self._event_rev + 1):
             self._on_message(r, endpoint)
+
+    def _skip_history(self, compacted: int) -> None:
+        """The start-up replay hit etcd's compaction: the loaded state is still whole
+        (it is newer), only history before `compacted` is gone. Watches that still
+        needed some of it end with CompactedError; the stream resumes after it."""
+        log.info("etcd history before revision %d is compacted: watch cache history starts there",
+                 compacted)
+        for w in list(self._watchers):
+            if w.position < compacted:
+                w.shut(CompactedError(w.position + 1, compacted))
+        self._raise_floor(compacted)
+        self._event_rev = max(self._event_rev, compacted)
+        self._progress_rev = max(self._progress_rev, compacted)
 
     def _kick_watch(self) -> None:
         if self._watch_resp is not None:
@@ -712,18 +737,28 @@ class EtcdStorage(Storage):
         for rev, fut in self._waiters:
             if fut.done():
                 continue
-            if rev <= self._state_rev and rev <= max(self._event_rev, self._state_rev):
+            if self._caught_up(rev):
                 fut.set_result(None)
             else:
                 keep.append((rev, fut))
         self._waiters = keep
 
+    def _note_foreign(self, revision: int) -> None:
+        self._foreign.add(revision)
+        if len(self._foreign) > 1024:
+            self._foreign = {r for r in self._foreign if r > self._state_rev}
+
+    def _caught_up(self, revision: int) -> bool:
+        """The cache reflects `revision`: it has applied it, or every revision in between
+        is one of our own writes outside the cached space (compaction bookkeeping)."""
+        if self._state_rev >= revision:
+            return True
+        return all(r in self._foreign for r in range(self._state_rev + 1, revision + 1)) \
+            if revision - self._state_rev <= 16 else False
+
     async def _wait_state(self, revision: int, timeout: float) -> bool:
         """Until the cache state reflects `revision` (from events, not progress)."""
-        return await self._wait(revision, timeout, lambda: self._state_rev >= revision)
-
-    async def _wait_event_rev(self, revision: int, timeout: float) -> bool:
-        return await self._wait(revision, timeout, lambda: self._event_rev >= revision)
+        return await self._wait(revision, timeout, lambda: self._caught_up(revision))
 
     async def _wait(self, revision: int, timeout: float, done: Any) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -813,8 +848,7 @@ class _CacheWatch(Watch):
     def progress_revision(self) -> int:
         if self._queue:
             return self._last
-        return max(self._last, min(self.store._event_rev if self.store._event_rev < self.store._state_rev
-                                   else self.store.revision, self.store.revision))
+        return max(self._last, self.store._delivered)
 
     async def next(self, timeout: float | None = None) -> WatchEvent | None:
         while True:
