@@ -18,6 +18,24 @@ import secrets
 from typing import Any
 
 from svcnet.controlplane.errors import bad_request
+
+try:  # orjson parses stored objects 3-5x faster; the stdlib is the fallback
+    import orjson
+
+    def _loads(raw: bytes) -> Any:
+        return orjson.loads(raw)
+
+    def _dumps(obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:  # e.g. integers beyond 64 bits: let json decide
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+except ImportError:  # pragma: no cover - depends on the environment
+    def _loads(raw: bytes) -> Any:
+        return json.loads(raw)
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 from svcnet.controlplane.registry.kinds import KindInfo
 from svcnet.controlplane.storage.interface import KeyValue
 
@@ -57,11 +75,11 @@ def encode(obj: Obj) -> bytes:
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "resourceVersion" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _dumps(obj)
 
 
 def decode(kv: KeyValue, revision: int | None = None) -> Obj:
-    obj: Obj = json.loads(kv.value)
+    obj: Obj = _loads(kv.value)
     obj.setdefault("metadata", {})["resourceVersion"] = str(revision or kv.mod_revision)
     return obj
 

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def _owner_uids(value: bytes) -> tuple[str, ...]:
+    if b'"ownerReferences"' not in value:
+        return ()  # most objects have no owner: skip the JSON parse
     try:
         meta = json.loads(value).get("metadata") or {}
     except (ValueError, AttributeError):
