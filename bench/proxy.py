@@ -137,22 +137,33 @@ def nft_in(ns: str) -> Callable[[str], None]:
 # -- 1. full sync -----------------------------------------------------------------------------
 
 
+def _cpu() -> float:
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def bench_full(sizes: list[int], runs: int) -> None:
-    print("\n## Full sync, N services x 3 endpoints (median of runs; seconds)")
+    print("\n## Full sync, N services x 3 endpoints (median of runs; seconds; CPU = user+sys of"
+          " python and nft, steadier than wall time on a shared host)")
     print(f"{'N':>7} | {'floor nft -f':>12} | {'svcnet total':>12} | {'convert':>8} | {'compute':>8} |"
-          f" {'render':>7} | {'nft load':>8} | {'ratio':>6}")
+          f" {'render':>7} | {'nft load':>8} | {'ratio':>6} | {'floor CPU':>9} | {'svcnet CPU':>10} | {'CPU ratio':>9}")
     ns = netns("rules")
     for n in sizes:
         objs = objects(n)
         lean = lean_ruleset(n)
-        floor, total, conv, comp, rend, load = [], [], [], [], [], []
+        floor, total, conv, comp, rend, load, fcpu, ocpu = [], [], [], [], [], [], [], []
         for _ in range(runs):
             sh(ns, "nft", "flush", "ruleset")
+            c0 = _cpu()
             t0 = time.perf_counter()
             nft_in(ns)(lean)
             floor.append(time.perf_counter() - t0)
+            fcpu.append(_cpu() - c0)
             sh(ns, "nft", "flush", "ruleset")
             t = tracker_with(objs)
+            c0 = _cpu()
             t0 = time.perf_counter()
             t.checkpoint()
             t1 = time.perf_counter()
@@ -167,10 +178,12 @@ def bench_full(sizes: list[int], runs: int) -> None:
             t4 = time.perf_counter()
             conv.append(t1 - t0); comp.append(t2 - t1); rend.append(t3 - t2); load.append(t4 - t3)
             total.append(t4 - t0)
+            ocpu.append(_cpu() - c0)
         ratio = statistics.median(total) / statistics.median(floor)
         m = statistics.median
         print(f"{n:>7} | {m(floor):>12.3f} | {m(total):>12.3f} | {m(conv):>8.3f} | {m(comp):>8.3f} |"
-              f" {m(rend):>7.3f} | {m(load):>8.3f} | {ratio:>5.2f}x")
+              f" {m(rend):>7.3f} | {m(load):>8.3f} | {ratio:>5.2f}x | {m(fcpu):>9.3f} | {m(ocpu):>10.3f} |"
+              f" {m(ocpu) / m(fcpu):>8.2f}x")
     sh(ns, "nft", "flush", "ruleset")
 
 

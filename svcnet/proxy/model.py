@@ -359,7 +359,7 @@ def _endpoint(ep: Obj, port: int, node_name: str) -> Endpoint | None:
     ready = cond.get("ready") is not False
     serving = cond["serving"] is not False if cond.get("serving") is not None else ready
     terminating = cond.get("terminating") is True
-    hints = ep.get("hints") or {}
+    hints = ep.get("hints")
     node = ep.get("nodeName")
     return Endpoint(
         ip=ip,
@@ -369,9 +369,18 @@ def _endpoint(ep: Obj, port: int, node_name: str) -> Endpoint | None:
         ready=ready,
         serving=serving,
         terminating=terminating,
-        zone_hints=frozenset(z.get("name") for z in hints.get("forZones") or [] if z.get("name")),
-        node_hints=frozenset(n.get("name") for n in hints.get("forNodes") or [] if n.get("name")),
+        zone_hints=_hint_names(hints, "forZones"),
+        node_hints=_hint_names(hints, "forNodes"),
     )
+
+
+_NO_HINTS: frozenset[str] = frozenset()
+
+
+def _hint_names(hints: Any, key: str) -> frozenset[str]:
+    if not hints or not hints.get(key):
+        return _NO_HINTS  # the common case, without building a set per endpoint
+    return frozenset(h.get("name") for h in hints[key] if h.get("name"))
 
 
 def trigger_time(eps: Obj) -> str | None:
