@@ -185,19 +185,21 @@ class Registry:
         return codec.decode(kv)
 
     def _selectors(self, kind: KindInfo, label_selector: str, field_selector: str
-                   ) -> Callable[[Obj], bool]:
+                   ) -> Callable[[Obj], bool] | None:
+        """The selector predicate, or None when nothing is filtered out."""
         ls: LabelSelector = parse_label_selector(label_selector)
         fs: FieldSelector = parse_field_selector(field_selector, kind.field_selectors)
         if ls.empty() and fs.empty():
-            return lambda obj: True
+            return None
         return lambda obj: ls.matches((obj.get("metadata") or {}).get("labels") or {}) and fs.matches(obj)
 
     async def list(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
                    field_selector: str = "", limit: int = 0, continue_token: str = "",
                    resource_version: str = "") -> Obj:
         self._strategy(kind)
-        match = self._selectors(kind, label_selector, field_selector)
-        filtered = bool(label_selector or field_selector)
+        selected = self._selectors(kind, label_selector, field_selector)
+        filtered = selected is not None
+        match: Callable[[Obj], bool] = selected if selected is not None else (lambda obj: True)
         prefix = codec.kind_prefix(kind, self._ns(kind, namespace))
         revision, start = 0, prefix
         if limit < 0:

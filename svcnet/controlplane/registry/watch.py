@@ -50,11 +50,14 @@ def _typed(kind: KindInfo, obj: Obj) -> Obj:
 
 
 async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
-                        matcher: Callable[[], Callable[[Obj], bool]], *, resource_version: str,
-                        bookmark_interval: float | None) -> AsyncIterator[tuple[str, Obj]]:
-    """See the module docstring. `matcher()` builds the selector predicate (and raises
-    400 for a bad selector) when the stream starts."""
-    match = matcher()
+                        matcher: Callable[[], Callable[[Obj], bool] | None], *,
+                        resource_version: str, bookmark_interval: float | None
+                        ) -> AsyncIterator[tuple[str, Obj]]:
+    """See the module docstring. `matcher()` builds the selector predicate (None: no
+    selector; raises 400 for a bad selector) when the stream starts."""
+    predicate = matcher()
+    everything = predicate is None
+    match: Callable[[Obj], bool] = predicate if predicate is not None else (lambda obj: True)
     if resource_version in ("", "0"):
         page = await storage.range(prefix)
         initial = [codec.decode(kv) for kv in page.kvs]
@@ -79,6 +82,11 @@ async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
             if ev is None:
                 yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
                                    "metadata": {"resourceVersion": str(w.progress_revision)}}
+                continue
+            if everything and ev.kv is not None:
+                # No selector: the previous state only decides ADDED vs MODIFIED, so it
+                # need not be decoded (one JSON parse per watcher per event, not two).
+                yield ("MODIFIED" if ev.prev_kv is not None else "ADDED"), _typed(kind, codec.decode(ev.kv))
                 continue
             new = codec.decode(ev.kv) if ev.kv is not None else None
             old = codec.decode(ev.prev_kv, ev.revision) if ev.prev_kv is not None else None
