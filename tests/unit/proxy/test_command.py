@@ -1,0 +1,78 @@
+"""`svcnet proxy` flags: kube-proxy's names, clear errors, the backend seam."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from svcnet.proxy import command
+from svcnet.proxy.backend import BackendError, BackendOptions, load_backend
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    command.configure(p)
+    return p.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("text,seconds", [("1s", 1.0), ("500ms", 0.5), ("1m30s", 90.0), ("2h", 7200.0)])
+def test_go_durations(text: str, seconds: float) -> None:
+    assert command.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["1", "1x", "s", "1s2"])
+def test_bad_durations_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        command.parse_duration(bad)
+
+
+def test_defaults_follow_kube_proxy() -> None:
+    o = command.options_from_args(parse("--objects", "f", "--hostname-override", "n1"))
+    assert (o.min_sync_period, o.sync_period, o.masquerade_bit) == (1.0, 30.0, 14)
+    assert o.nodeport_addresses == ("primary",) and o.detect_local_mode == "ClusterCIDR"
+    ipt = command.options_from_args(parse("--objects", "f", "--proxy-mode", "iptables"))
+    assert ipt.nodeport_addresses == ("0.0.0.0/0", "::/0"), "iptables mode: every local IP"
+
+
+def test_flag_values_are_parsed() -> None:
+    o = command.options_from_args(parse(
+        "--objects", "f", "--hostname-override", "n1", "--node-ip", "192.168.0.2,fd00::2",
+        "--cluster-cidr", "10.244.0.0/16, fd00:244::/48", "--nodeport-addresses", "192.168.0.0/24",
+        "--masquerade-all", "--masquerade-bit", "3", "--service-cidr", "10.96.0.0/12"))
+    assert o.node_ips == ("192.168.0.2", "fd00::2") and o.cluster_cidrs == ("10.244.0.0/16", "fd00:244::/48")
+    assert o.nodeport_addresses == ("192.168.0.0/24",) and o.masquerade_all and o.masquerade_bit == 3
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("--node-ip", "nope"), "--node-ip"),
+    (("--cluster-cidr", "10.0.0.0/33"), "--cluster-cidr"),
+    (("--masquerade-bit", "32"), "--masquerade-bit"),
+    (("--min-sync-period", "1m", "--sync-period", "30s"), "exceeds"),
+])
+def test_bad_flags_get_one_clear_line(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        command.options_from_args(parse("--objects", "f", *argv))
+
+
+def test_main_reports_bad_flags_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert command.main(parse("--objects", "f", "--node-ip", "x")) == 2
+    assert "svcnet proxy: --node-ip" in capsys.readouterr().err
+
+
+def test_unknown_or_missing_backend_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def fake_import(name: str, *a: object) -> object:
+        if name == "svcnet.proxy.iptables":
+            raise ModuleNotFoundError(name=name)
+        return real(name)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    with pytest.raises(BackendError, match="no iptables backend"):
+        load_backend("iptables", BackendOptions())
+    with pytest.raises(BackendError, match="unknown --proxy-mode"):
+        load_backend("ipvs", BackendOptions())
+    assert load_backend("nftables", BackendOptions(nft_binary="/bin/false")).mode == "nftables"
