@@ -224,6 +224,13 @@ def plan(deployment: Obj, pods: Iterable[Obj], now: float) -> DeploymentPlan:
                  for p in active if is_pod_ready(p) and not available(p)]
         requeue = max(0.0, min(waits)) + 0.1 if waits else None
     status = compute_status(deployment, active, new, old, available, pod_hash, now)
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    if progressing["status"] == "True" and progressing["reason"] != "NewReplicaSetAvailable" \
+            and not spec.get("paused"):
+        # Look again when the deadline would pass, even if no event comes.
+        last = parse_time(progressing.get("lastUpdateTime")) or now
+        wait = max(0.0, last + progress_deadline(deployment) - now) + 1.0
+        requeue = wait if requeue is None else min(requeue, wait)
     return DeploymentPlan(pod_hash, new_pod(deployment, pod_hash), create, delete,
                           status if status != (deployment.get("status") or {}) else None, requeue)
 
@@ -274,17 +281,46 @@ def compute_status(deployment: Obj, active: list[Obj], new: list[Obj], old: list
     rs_name = f"{name_of(deployment)}-{pod_hash}"
     ok = n_available >= desired - max_unavailable
     complete = len(new) == desired and not old and len(active) == desired and n_available >= desired
-    conds = [
-        ("Available", "True" if ok else "False",
-         "MinimumReplicasAvailable" if ok else "MinimumReplicasUnavailable",
-         "Deployment has minimum availability." if ok else "Deployment does not have minimum availability."),
-        ("Progressing", "True", "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated",
-         f'ReplicaSet "{rs_name}" has successfully progressed.' if complete
-         else f'ReplicaSet "{rs_name}" is progressing.'),
-    ]
     old_conds = {c.get("type"): c for c in previous.get("conditions") or []}
-    status["conditions"] = [_condition(old_conds.get(t), t, s, r, m, now) for t, s, r, m in conds]
+    available_cond = _condition(
+        old_conds.get("Available"), "Available", "True" if ok else "False",
+        "MinimumReplicasAvailable" if ok else "MinimumReplicasUnavailable",
+        "Deployment has minimum availability." if ok else "Deployment does not have minimum availability.", now)
+    status["conditions"] = [available_cond, _progressing(deployment, status, previous, old_conds.get("Progressing"),
+                                                         rs_name, complete, now)]
     return status
+
+
+_PROGRESS_COUNTS = ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
+
+
+def _progressing(deployment: Obj, status: Obj, previous: Obj, old: dict[str, Any] | None, rs_name: str,
+                 complete: bool, now: float) -> dict[str, Any]:
+    """The Progressing condition (`deploymentutil` progress semantics): its lastUpdateTime
+    moves whenever the rollout makes progress; a rollout that makes none for
+    `progressDeadlineSeconds` (600) turns False with ProgressDeadlineExceeded, which
+    `kubectl rollout status` reports as a failure instead of waiting forever."""
+    if complete:
+        return _condition(old, "Progressing", "True", "NewReplicaSetAvailable",
+                          f'ReplicaSet "{rs_name}" has successfully progressed.', now)
+    progressed = any(status.get(k, 0) != previous.get(k, 0) for k in _PROGRESS_COUNTS)
+    if progressed or old is None or (deployment.get("spec") or {}).get("paused"):
+        cond = _condition(old, "Progressing", "True", "ReplicaSetUpdated",
+                          f'ReplicaSet "{rs_name}" is progressing.', now)
+        if progressed:
+            cond["lastUpdateTime"] = format_time(now)
+        return cond
+    deadline = progress_deadline(deployment)
+    last = parse_time(old.get("lastUpdateTime")) or now
+    if old.get("reason") == "ProgressDeadlineExceeded" or now - last > deadline:
+        return _condition(old, "Progressing", "False", "ProgressDeadlineExceeded",
+                          f'ReplicaSet "{rs_name}" has timed out progressing.', now)
+    return dict(old)
+
+
+def progress_deadline(deployment: Obj) -> float:
+    value = (deployment.get("spec") or {}).get("progressDeadlineSeconds")
+    return 600.0 if value is None else float(value)
 
 
 def _condition(old: dict[str, Any] | None, ctype: str, status: str, reason: str, message: str,

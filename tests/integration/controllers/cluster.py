@@ -92,6 +92,7 @@ class NodeStandIn:
     renewing: set[str] = field(default_factory=set)
     unready_pods: set[str] = field(default_factory=set)  # pod names reported not ready
     hold_deletions: set[str] = field(default_factory=set)  # pod names kept terminating
+    unready_images: set[str] = field(default_factory=set)  # pods running these never get Ready
     _ips: dict[str, str] = field(default_factory=dict)
 
     def register(self, zones: dict[str, str] | None = None) -> None:
@@ -141,7 +142,8 @@ class NodeStandIn:
                 continue
             if node not in self.renewing:
                 continue  # a silent node reports nothing
-            want_ready = md["name"] not in self.unready_pods
+            want_ready = md["name"] not in self.unready_pods and not any(
+                c.get("image") in self.unready_images for c in spec.get("containers") or [])
             status = pod.get("status") or {}
             if status.get("podIP") and (ready_of(pod) == "True") == want_ready:
                 continue

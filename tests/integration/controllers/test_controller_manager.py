@@ -285,3 +285,27 @@ def test_headless_named_ports_terminating_and_events(apiserver: ApiServer, start
 
     events = apiserver.kubectl_json("get", "events", "--field-selector", "involvedObject.name=db-0")["items"]
     assert [(e["reason"], e["message"]) for e in events] == [("Scheduled", "Successfully assigned default/db-0 to node-a")]
+
+
+def test_rollout_that_makes_no_progress_fails_rollout_status(apiserver: ApiServer, start_cm: object) -> None:
+    api = Api(apiserver)
+    nodes = NodeStandIn(api, {"node-a": "10.244.1.0/24"}, unready_images={"svcnet/echo:broken"})
+    nodes.register()
+    cm = start_cm("--controllers", "deployment,scheduler")  # type: ignore[operator]
+    apiserver.kubectl("create", "deployment", "web", "--image=svcnet/echo", "--replicas=2")
+    apiserver.kubectl("patch", "deployment", "web", "-p", '{"spec":{"progressDeadlineSeconds":2}}')
+    wait_for(lambda: apiserver.kubectl("rollout", "status", "deployment/web", "--timeout=1s", check=False).returncode == 0,
+             tick=nodes.tick, what="first rollout", logs=cm.log_tail)
+    apiserver.kubectl("set", "image", "deployment/web", "echo=svcnet/echo:broken")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        nodes.tick()
+        res = apiserver.kubectl("rollout", "status", "deployment/web", "--timeout=1s", check=False)
+        if res.returncode != 0 and "exceeded its progress deadline" in res.stderr:
+            break
+    else:
+        raise AssertionError(f"rollout status did not report the deadline\n{cm.log_tail()}")
+    # The old pods keep serving: maxUnavailable 25% of 2 rounds down to 0.
+    ready_old = [p for p in api.pods(selector="app=web")
+                 if ready_of(p) == "True" and p["spec"]["containers"][0]["image"] == "svcnet/echo"]
+    assert len(ready_old) == 2

@@ -199,3 +199,30 @@ def test_min_ready_seconds_delays_availability() -> None:
     p = c.apply(d)
     assert d["status"].get("availableReplicas", 0) == 0 and p.requeue_after is not None
     assert 19 < p.requeue_after < 21
+
+
+def progressing(d: Obj) -> tuple[str, str]:
+    c = next(c for c in d["status"]["conditions"] if c["type"] == "Progressing")
+    return c["status"], c["reason"]
+
+
+def test_progress_deadline_exceeded_and_recovered() -> None:
+    d, c = deployment(2, surge=1, unavailable=0), Cluster()
+    c.apply(d)
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = "broken"
+    d["spec"]["progressDeadlineSeconds"] = 60
+    c.apply(d, ready=False)  # one new pod that never becomes Ready
+    c.apply(d, ready=False)  # the status now counts it (progress at NOW)
+    assert progressing(d) == ("True", "ReplicaSetUpdated")
+    p = plan(d, list(c.pods.values()), NOW + 30)
+    assert p.status is None and p.requeue_after is not None and 30 < p.requeue_after <= 32
+    p = plan(d, list(c.pods.values()), NOW + 61)
+    assert p.status is not None
+    d["status"] = p.status
+    assert progressing(d) == ("False", "ProgressDeadlineExceeded")
+    assert plan(d, list(c.pods.values()), NOW + 120).status is None  # stays failed, no rewrite
+    c.set_ready()  # the pod comes up after all: progress resumes
+    p = plan(d, list(c.pods.values()), NOW + 130)
+    assert p.status is not None
+    d["status"] = p.status
+    assert progressing(d) == ("True", "ReplicaSetUpdated")
