@@ -26,7 +26,8 @@ ReplicaSet controller's pod management:
 * Available = Ready for at least `minReadySeconds`.
 * Status: replicas, updatedReplicas, readyReplicas, availableReplicas,
   unavailableReplicas, observedGeneration, and the Available / Progressing conditions
-  that `kubectl rollout status` reads.
+  that `kubectl rollout status` reads; a rollout without progress for
+  `progressDeadlineSeconds` (600) gets Progressing=False/ProgressDeadlineExceeded.
 
 A paused Deployment is left as it is (status only). Orphaned pods that match the
 selector are not adopted.
