@@ -94,6 +94,7 @@ def options_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             raise ValueError(f"--node-ip: {ip!r} is not an IP address") from None
     if not 0 <= args.masquerade_bit <= 31:
         raise ValueError(f"--masquerade-bit: {args.masquerade_bit} is not in 0-31")
+    nodeport: tuple[str, ...]
     if args.nodeport_addresses is None:
         nodeport = ("primary",) if args.proxy_mode == "nftables" else ("0.0.0.0/0", "::/0")
     elif args.nodeport_addresses.strip() == "primary":

@@ -177,8 +177,8 @@ class FakeNft:
         elif kind == "element":
             if name not in t.sets:
                 self._fail(f"Could not process rule: set {name}", "No such file or directory")
-            body = line[line.index("{") + 1: line.rindex("}")]
-            for item in (x.strip() for x in body.split(",")):
+            elements = line[line.index("{") + 1: line.rindex("}")]
+            for item in (x.strip() for x in elements.split(",")):
                 key, _, value = item.partition(" : ")
                 elems = t.sets[name]
                 if verb == "add":

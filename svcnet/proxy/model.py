@@ -146,7 +146,7 @@ class ProxyConfig:
         """Node addresses that accept NodePorts; None means every local address."""
         if not self.nodeport_addresses or self.nodeport_addresses == ("primary",):
             return self.node_ips[:1]
-        nets = []
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for c in self.nodeport_addresses:
             if c == "primary":
                 nets.extend(ipaddress.ip_network(ip) for ip in self.node_ips[:1])

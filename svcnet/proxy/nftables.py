@@ -277,7 +277,10 @@ def _spn_key(spn: ServicePortName) -> tuple[str, str, str, str]:
 def _merge_cidrs(cidrs: tuple[str, ...]) -> list[str]:
     """Interval sets refuse overlapping elements: collapse them first."""
     nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    return [str(n) for n in ipaddress.collapse_addresses(nets)]  # type: ignore[arg-type]
+    out: list[str] = []
+    for version in (4, 6):
+        out.extend(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == version))  # type: ignore[type-var]
+    return out
 
 
 def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: ProxyState, f: _Fam) -> ServiceRules:

@@ -51,9 +51,9 @@ class FakeClock:
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((self.t + timeout, fut))
-        ev_task = asyncio.ensure_future(event.wait())
+        ev_task: asyncio.Future[bool] = asyncio.ensure_future(event.wait())
         try:
-            await asyncio.wait({fut, ev_task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([fut, ev_task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         finally:
             ev_task.cancel()
             self._waiters = [(d, f) for d, f in self._waiters if f is not fut]
