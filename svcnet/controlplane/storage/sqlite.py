@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -67,6 +69,23 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compact_revis
 MAX_WATCH_BACKLOG = 100_000
 
 
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on `<data-dir>/store.lock` for the life of the store: two
+    servers writing one SQLite file would each believe they own the revision counter."""
+    path = data_dir / "store.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StorageError(f"{data_dir} is in use by another svcnet apiserver (pid {holder}); "
+                           "stop it or pick another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class SQLiteStorage(Storage):
     """`Storage` on SQLite; open with `await SQLiteStorage.open(data_dir)`."""
 
@@ -83,13 +102,20 @@ class SQLiteStorage(Storage):
         self._pending: list[tuple[tuple[Compare, ...], tuple[Op, ...], asyncio.Future[TxnResult]]] = []
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
+        self._lock_fd: int | None = None
 
     @classmethod
     async def open(cls, data_dir: Path) -> "SQLiteStorage":
         data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(data_dir / DB_NAME)
         store._loop = asyncio.get_running_loop()
-        await store._run(store._open_sync)
+        store._lock_fd = _lock_data_dir(data_dir)
+        try:
+            await store._run(store._open_sync)
+        except sqlite3.Error as err:
+            store._executor.shutdown(wait=False)
+            os.close(store._lock_fd)
+            raise StorageError(f"cannot open {store.path}: {err}") from err
         store._revision = store._db_revision
         log.info("storage opened path=%s revision=%d compact_revision=%d",
                  store.path, store._revision, store._compact_revision)
@@ -363,6 +389,9 @@ class SQLiteStorage(Storage):
         await self._run(self._close_sync)
         self._closed = True
         self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the data-dir lock
+            self._lock_fd = None
 
     def _close_sync(self) -> None:
         if self._conn is not None:

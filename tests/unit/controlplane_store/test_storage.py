@@ -184,3 +184,20 @@ async def test_closing_the_store_ends_watches(tmp_path: Path) -> None:
     await s.close()
     with pytest.raises(WatchClosed):
         await waiter
+
+
+async def test_one_server_per_data_dir(tmp_path: Path) -> None:
+    first = await SQLiteStorage.open(tmp_path)
+    try:
+        with pytest.raises(Exception, match="in use by another svcnet apiserver"):
+            await SQLiteStorage.open(tmp_path)
+    finally:
+        await first.close()
+    again = await SQLiteStorage.open(tmp_path)  # the lock went with the first store
+    await again.close()
+
+
+async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "store.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(Exception, match="cannot open .*store.db"):
+        await SQLiteStorage.open(tmp_path)
