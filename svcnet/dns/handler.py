@@ -61,7 +61,7 @@ class Outcome:
     authority: list[RR] = field(default_factory=list)
     additional: list[RR] = field(default_factory=list)
     aa: bool = False
-    extra_flags: int = 0  # AD / TC passed on from an upstream
+    extra_flags: int = 0  # RA / AD / TC passed on from an upstream
     plugin: str = "kubernetes"
     cacheable: bool = True
     zone: ServedZone | None = None
@@ -198,7 +198,7 @@ class Handler:
             log.debug("forward failed name=%s err=%s", wire.wire_to_text(q.qname), e)
             return Outcome(wire.SERVFAIL, plugin="forward", cacheable=False)
         return Outcome(msg.rcode, msg.answer, msg.authority, msg.additional,
-                       aa=bool(msg.flags & wire.AA), extra_flags=msg.flags & (wire.AD | wire.TC),
+                       aa=bool(msg.flags & wire.AA), extra_flags=msg.flags & (wire.AD | wire.TC | wire.RA),
                        plugin="forward", cacheable=False)
 
     def _any(self, lname: bytes, zone: ServedZone | None) -> Outcome:

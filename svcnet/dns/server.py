@@ -202,8 +202,8 @@ class DnsServer:
                 hit = cache.get(data[2:])
                 if hit is not None:
                     start = time.perf_counter()
-                    reply = data[:2] + hit[0]
-                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    if not _write(writer, data[:2] + hit[0]):
+                        break
                     where.stats.observe(hit[1], time.perf_counter() - start)
                 else:
                     t = asyncio.ensure_future(self._tcp_answer(data, writer, where, peer[0]))
@@ -229,10 +229,20 @@ class DnsServer:
     async def _tcp_answer(self, data: bytes, writer: asyncio.StreamWriter, where: Listener,
                           client_ip: str) -> None:
         replies = await self.handler.handle(data, where, client_ip)
-        if writer.is_closing():
-            return
         for reply in replies:
-            writer.write(struct.pack("!H", len(reply)) + reply)
+            if not _write(writer, reply):
+                return
+
+
+def _write(writer: asyncio.StreamWriter, reply: bytes) -> bool:
+    """Queue one length-prefixed reply; False when the client has gone away."""
+    if writer.is_closing():
+        return False
+    try:
+        writer.write(struct.pack("!H", len(reply)) + reply)
+    except (RuntimeError, ConnectionError):  # uvloop: "the handler is closed"
+        return False
+    return True
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

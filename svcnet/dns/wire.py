@@ -484,8 +484,11 @@ def encode(qid: int, flags: int, rcode: int, question: tuple[bytes, int, int] | 
     return bytes(w.buf)
 
 
-def reply_flags(query_flags: int, authoritative: bool = False, recursion_available: bool = True) -> int:
-    """Header bits of a reply: QR, the query's opcode, RD and CD copied, AA and RA as asked."""
+def reply_flags(query_flags: int, authoritative: bool = False, recursion_available: bool = False) -> int:
+    """Header bits of a reply: QR, the query's opcode, RD and CD copied, AA and RA as asked.
+
+    RA is off by default: CoreDNS's own answers (miekg SetReply) do not set it, only
+    forwarded replies carry the upstream's RA."""
     flags = QR | (query_flags & (0x7800 | RD | CD))
     if authoritative:
         flags |= AA

@@ -42,6 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> 
                    "--zone", "in-addr.arpa")
     yield dp
     assert dp.stop() == 0, dp.logs()
+    assert "Traceback" not in dp.logs(), dp.logs()
 
 
 def test_forwarded_answer_and_failover(server: DnsProcess, upstream: FakeUpstream) -> None:

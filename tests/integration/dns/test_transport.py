@@ -29,6 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsProcess]:
     dp = start_dns(tmp_path_factory.mktemp("dns"), OBJECTS + BIG, "--transfer-to", "127.0.0.1/32")
     yield dp
     assert dp.stop() == 0, dp.logs()
+    assert "Traceback" not in dp.logs(), dp.logs()
 
 
 def test_tcp_pipelined_queries_on_one_connection(server: DnsProcess) -> None:

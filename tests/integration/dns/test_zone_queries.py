@@ -21,6 +21,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsProcess]:
                    "--zone", "10.0.0.0/24", "--zone", "in-addr.arpa", "--zone", "ip6.arpa")
     yield dp
     assert dp.stop() == 0, dp.logs()
+    assert "Traceback" not in dp.logs(), dp.logs()
 
 
 def test_clusterip_a_aaaa_and_dual_stack(server: DnsProcess) -> None:

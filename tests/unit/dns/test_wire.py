@@ -166,7 +166,7 @@ async def test_golden_a_reply() -> None:
     query = (struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0) + wire.name_to_wire("svc1.testns.svc.cluster.local")
              + struct.pack("!HH", 1, 1))
     (reply,) = await h.handle(query, listener(h), "10.0.0.1")
-    expected = (struct.pack("!6H", 0x1234, 0x8580, 1, 1, 0, 0)  # QR AA RD RA, 1 answer
+    expected = (struct.pack("!6H", 0x1234, 0x8500, 1, 1, 0, 0)  # QR AA RD (no RA, as CoreDNS), 1 answer
                 + query[12:]                                      # the question as asked
                 + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + bytes([10, 0, 0, 1]))
     assert reply == expected
@@ -180,7 +180,7 @@ async def test_golden_nxdomain_reply() -> None:
     zone_off = 12 + 5 + 7 + 4  # "nope" "testns" "svc" -> the zone suffix inside the question
     soa_rdata = (b"\x02ns\x03dns" + bytes([0xC0, zone_off]) + b"\x0ahostmaster" + bytes([0xC0, zone_off])
                  + struct.pack("!IIIII", 1_700_000_000, 7200, 1800, 86400, 5))
-    expected = (struct.pack("!6H", 0xBEEF, 0x8583, 1, 0, 1, 0) + query[12:]
+    expected = (struct.pack("!6H", 0xBEEF, 0x8503, 1, 0, 1, 0) + query[12:]
                 + bytes([0xC0, zone_off]) + struct.pack("!HHIH", 6, 1, 5, len(soa_rdata)) + soa_rdata)
     assert reply == expected
 
