@@ -1,7 +1,8 @@
 """`svcnet apiserver`: the Kubernetes-compatible API server over HTTPS.
 
     svcnet apiserver --data-dir DIR --listen HOST:PORT --kubeconfig-out FILE
-        [--service-cidr 10.96.0.0/12] [--node-port-range 30000-32767] [--storage sqlite]
+        [--service-cidr 10.96.0.0/12] [--node-port-range 30000-32767]
+        [--storage sqlite|etcd://HOST:PORT[,HOST:PORT…]] [--etcd-prefix /registry]
         [--advertise-address IP]
 
 On start it opens the store in DIR, creates or reuses the CA, serving certificate and
@@ -50,7 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-port-range", default="30000-32767",
                         help="NodePort range (kube-apiserver --service-node-port-range)")
     parser.add_argument("--storage", default="sqlite", metavar="sqlite|etcd://HOST:PORT,…",
-                        help="storage backend (default sqlite in DATA_DIR)")
+                        help="storage backend: sqlite in DATA_DIR (default), or an etcd v3 cluster "
+                             "given by its client endpoints")
+    parser.add_argument("--etcd-prefix", default="/registry",
+                        help="key prefix of this cluster's objects in etcd (kube-apiserver --etcd-prefix)")
     parser.add_argument("--advertise-address", default="",
                         help="IP the `kubernetes` Service's EndpointSlice points at "
                              "(default: the listen IP, or this host's primary IP when listening on all)")
@@ -125,8 +129,20 @@ async def serve(args: argparse.Namespace) -> int:
 
     tokens = load_or_create_tokens(data_dir)
     pki = ensure_pki(data_dir, ips=[host, advertise, kubernetes_ip])
-    registry = await Registry.open(data_dir, service_cidr=args.service_cidr,
-                                   node_port_range=args.node_port_range)
+    if args.storage == "sqlite":
+        registry = await Registry.open(data_dir, service_cidr=args.service_cidr,
+                                       node_port_range=args.node_port_range)
+    else:
+        from svcnet.controlplane.registry.allocators import ServiceAllocator
+        from svcnet.controlplane.storage.etcd import EtcdStorage
+
+        storage = await EtcdStorage.open(args.storage, prefix=args.etcd_prefix)
+        try:
+            registry = await Registry.with_storage(
+                storage, ServiceAllocator(args.service_cidr, args.node_port_range))
+        except BaseException:
+            await storage.close()
+            raise
     runner: web.AppRunner | None = None
     try:
         app = build_app(registry, tokens, "", schema.openapi_v3_components)
@@ -164,11 +180,13 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging("apiserver", verbosity=args.verbose)
-    if args.storage != "sqlite":
-        print(f"svcnet apiserver: --storage {args.storage}: only 'sqlite' is implemented so far",
-              file=sys.stderr)
-        return 2
     try:
+        if args.storage != "sqlite":
+            from svcnet.controlplane.storage.etcd import parse_etcd_url
+
+            parse_etcd_url(args.storage)
+            if not args.etcd_prefix.startswith("/") or args.etcd_prefix.endswith("/"):
+                raise ValueError(f"--etcd-prefix {args.etcd_prefix!r}: want /NAME without a trailing slash")
         parse_host_port(args.listen)
         ipaddress.ip_network(args.service_cidr, strict=False)
     except ValueError as exc:
@@ -179,5 +197,11 @@ def main(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
         loop_factory = None
+    from svcnet.controlplane.storage.interface import StorageError
+
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(args))
+        try:
+            return runner.run(serve(args))
+        except StorageError as exc:  # e.g. etcd unreachable at start
+            print(f"svcnet apiserver: storage {args.storage}: {exc}", file=sys.stderr)
+            return 1

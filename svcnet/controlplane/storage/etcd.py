@@ -205,6 +205,7 @@ class EtcdStorage(Storage):
         store._session = aiohttp.ClientSession(
             headers=_HEADERS, connector=aiohttp.TCPConnector(limit=256, force_close=False))
         deadline = time.monotonic() + timeout
+        next_warning = 0.0
         try:
             while True:
                 try:
@@ -213,7 +214,9 @@ class EtcdStorage(Storage):
                 except (EtcdUnavailableError, EtcdTimeoutError) as err:
                     if time.monotonic() > deadline:
                         raise
-                    log.warning("etcd not ready yet, retrying: %s", err.message)
+                    if time.monotonic() >= next_warning:
+                        log.warning("etcd not ready yet, retrying for up to %.0fs: %s", timeout, err.message)
+                        next_warning = time.monotonic() + 10
                     await asyncio.sleep(0.5)
         except BaseException:
             await store._session.close()
