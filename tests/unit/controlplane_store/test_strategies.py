@@ -140,3 +140,18 @@ async def test_wrong_kind_or_namespace_in_body_is_400(registry: Registry) -> Non
         await registry.create(k.SERVICES, "default", {"metadata": {"name": "x", "namespace": "kube-system"},
                                                       "spec": {"ports": [{"port": 1}]}})
     assert info.value.code == 400
+
+
+async def test_nodes_register_with_their_status(registry: Registry) -> None:
+    status = {"addresses": [{"type": "InternalIP", "address": "10.0.0.11"}],
+              "conditions": [{"type": "Ready", "status": "True"}]}
+    node, _ = await registry.create(k.NODES, None, {"metadata": {"name": "n1"}, "status": status})
+    assert node["status"] == status
+    node["status"] = {"conditions": []}
+    node["metadata"]["labels"] = {"zone": "a"}
+    updated, _ = await registry.update(k.NODES, None, "n1", node)
+    assert updated["status"] == status  # the main resource does not change status
+    with pytest.raises(APIError) as info:
+        bad = {**updated, "status": {"addresses": [{"type": "InternalIP", "address": "nope"}]}}
+        await registry.update(k.NODES, None, "n1", bad, subresource="status")
+    assert causes(info.value)[0][0] == "status.addresses[0].address"

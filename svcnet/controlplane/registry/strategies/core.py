@@ -64,6 +64,11 @@ class NamespaceStrategy(Strategy):
 class NodeStrategy(Strategy):
     """Nodes: the node agent registers them and writes their status."""
 
+    def prepare_for_create(self, obj: Obj) -> None:
+        """Unlike most kinds, a Node keeps the status it is created with: the kubelet
+        registers itself with its addresses, capacity and conditions in one create
+        (kube's nodeStrategy does not reset status)."""
+
     def validate(self, obj: Obj) -> list[FieldError]:
         errs = self.validate_meta(obj)
         spec = obj.get("spec") or {}
