@@ -29,10 +29,17 @@ from types import TracebackType
 from typing import Any, Callable, TypeVar
 
 from pyroute2 import AsyncIPRoute
+from pyroute2 import config as pr_config
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger(__name__)
+
+# pyroute2 forks short-lived children to enter a namespace and ends them with SIGTERM.
+# A child forked from an asyncio program inherits the loop's signal wake-up fd, so
+# its SIGTERM would be reported to the *parent's* loop as if the agent itself had
+# been asked to stop. Default signal dispositions in the child avoid that.
+pr_config.disable_mp_signal = True
 
 NETNS_RUN_DIR = Path("/run/netns")
 RT_SCOPE_LINK = 253
