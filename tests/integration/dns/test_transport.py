@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -86,12 +85,11 @@ def test_slow_tcp_clients_do_not_block_others(server: DnsProcess) -> None:
         q = build(f"big.{T}", "A")
         hog.sendall((struct.pack("!H", len(q)) + q) * 300)  # and never reads a reply
         stalled.append(hog)
-        start = time.time()
+        # every one of these has a client timeout of a few seconds: a blocked server fails them
         for _ in range(20):
             assert answers(udp(server.port, f"svc1.{T}")) == [f"svc1.{T}. 5 IN A 10.0.0.1"]
             (r,) = tcp_exchange(server.port, [build(f"svc1.{T}")])
             assert rcode(dnslib.DNSRecord.parse(r)) == "NOERROR"
-        assert time.time() - start < 10
     finally:
         for s in stalled:
             s.close()
