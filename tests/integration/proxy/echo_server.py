@@ -13,6 +13,8 @@ import threading
 def tcp(name: str, port: int) -> None:
     s = socket.socket(socket.AF_INET6 if ":" in HOST else socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if ":" in HOST:  # IPv6 only: the IPv4 server owns the same port
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     s.bind((HOST, port))
     s.listen(512)
     while True:
@@ -25,6 +27,8 @@ def tcp(name: str, port: int) -> None:
 
 def udp(name: str, port: int) -> None:
     s = socket.socket(socket.AF_INET6 if ":" in HOST else socket.AF_INET, socket.SOCK_DGRAM)
+    if ":" in HOST:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     s.bind((HOST, port))
     while True:
         _, addr = s.recvfrom(2048)

@@ -33,6 +33,10 @@ EXT_IP = "192.168.0.100"
 GATEWAY = "10.244.1.1"
 PODS = {"pod1": "10.244.1.11", "pod2": "10.244.1.12", "pod3": "10.244.1.13"}
 CLIENT_POD = "10.244.1.20"
+# IPv6: the same shape, for dual-stack Services
+NODE_IP6, EXT_IP6, GATEWAY6 = "fd00:168::2", "fd00:168::100", "fd00:244::1"
+PODS6 = {"pod1": "fd00:244::11", "pod2": "fd00:244::12", "pod3": "fd00:244::13"}
+CLIENT_POD6 = "fd00:244::20"
 
 
 class ProxyLab:
@@ -46,24 +50,38 @@ class ProxyLab:
         self.ext = pool.netns("ext")
         self.ns: dict[str, str] = {}
         pool.run(self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        pool.veth(self.node, f"{NODE_IP}/24", self.ext, f"{EXT_IP}/24")
+        pool.run(self.node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        node_ext, ext_dev = pool.veth(self.node, f"{NODE_IP}/24", self.ext, f"{EXT_IP}/24")
+        pool.run(self.node, "ip", "-6", "addr", "add", f"{NODE_IP6}/64", "dev", node_ext, "nodad")
+        pool.run(self.ext, "ip", "-6", "addr", "add", f"{EXT_IP6}/64", "dev", ext_dev, "nodad")
+        pool.run(self.ext, "ip", "-6", "route", "add", "fd00:96::/112", "via", NODE_IP6)
+        pool.run(self.node, "ip", "-6", "route", "add", "default", "via", EXT_IP6)
         for cidr in ("10.96.0.0/16", "198.18.0.0/16"):
             pool.run(self.ext, "ip", "route", "add", cidr, "via", NODE_IP)
         # A node has a default route; its own connections to Service IPs need one to
         # leave the routing decision that precedes DNAT in the output hook.
         pool.run(self.node, "ip", "route", "add", "default", "via", EXT_IP)
         for name, ip in [*PODS.items(), ("client", CLIENT_POD)]:
+            ip6 = PODS6.get(name, CLIENT_POD6)
             ns = self.ns[name] = pool.netns(name)
             node_dev, pod_dev = pool.veth(self.node, f"{GATEWAY}/32", ns, f"{ip}/32")
             pool.run(self.node, "ip", "route", "add", f"{ip}/32", "dev", node_dev)
             pool.run(ns, "ip", "route", "add", GATEWAY, "dev", pod_dev)
             pool.run(ns, "ip", "route", "add", "default", "via", GATEWAY)
+            pool.run(self.node, "ip", "-6", "addr", "add", f"{GATEWAY6}/128", "dev", node_dev, "nodad")
+            pool.run(ns, "ip", "-6", "addr", "add", f"{ip6}/128", "dev", pod_dev, "nodad")
+            pool.run(self.node, "ip", "-6", "route", "add", f"{ip6}/128", "dev", node_dev)
+            pool.run(ns, "ip", "-6", "route", "add", GATEWAY6, "dev", pod_dev)
+            pool.run(ns, "ip", "-6", "route", "add", "default", "via", GATEWAY6)
         self.servers = {}
         for name in PODS:
             p = pool.popen(self.ns[name], PY, str(HERE / "echo_server.py"), name, "8080", "8053",
                            stdout=subprocess.PIPE, text=True)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
             self.servers[name] = p
+            p6 = pool.popen(self.ns[name], PY, str(HERE / "echo_server.py"), name, "8080", "8053", "::",
+                            stdout=subprocess.PIPE, text=True)
+            assert p6.stdout is not None and p6.stdout.readline().strip() == "ready"
 
     # -- objects and the proxy -------------------------------------------------------------
 
@@ -74,7 +92,8 @@ class ProxyLab:
 
     def proxy_cmd(self, *extra: str) -> list[str]:
         return [PY, "-m", "svcnet", "proxy", "--objects", str(self.objects_file), "--hostname-override", "node-a",
-                "--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16", *extra]
+                "--node-ip", f"{NODE_IP},{NODE_IP6}", "--cluster-cidr", "10.244.0.0/16,fd00:244::/64",
+                "--service-cidr", "10.96.0.0/16,fd00:96::/112", *extra]
 
     def start_proxy(self, *extra: str) -> None:
         log = open(self.log_file, "a")

@@ -14,10 +14,15 @@ import pytest
 from helpers.netns import NetnsPool
 from tests.integration.proxy.lab import (
     CLIENT_POD,
+    CLIENT_POD6,
     EXT_IP,
+    EXT_IP6,
     GATEWAY,
+    GATEWAY6,
     NODE_IP,
+    NODE_IP6,
     PODS,
+    PODS6,
     PY,
     ProxyLab,
     reached,
@@ -71,6 +76,19 @@ def objects(udp_backend: str = P2) -> list[dict[str, Any]]:
         eps("udpct", pod(udp_backend), ports=TCPUDP),
         svc("ignored", "10.96.0.22", ("tcp", 80, "TCP"), labels={"service.kubernetes.io/service-proxy-name": "x"}),
         eps("ignored", pod(P1), ports=TCPUDP),
+        svc("zoned", "10.96.0.23", ("tcp", 80, "TCP")),
+        eps("zoned", pod(P1, zones=("zone-a",)), pod(P2, zones=("zone-b",)), pod(P3, zones=("zone-b",)),
+            ports=TCPUDP),
+        {**svc("dual", "10.96.0.30", ("tcp", 80, "TCP", 30030), ("udp", 53, "UDP", 30031), type="NodePort"),
+         "spec": {**svc("dual", "10.96.0.30", ("tcp", 80, "TCP", 30030), ("udp", 53, "UDP", 30031),
+                        type="NodePort")["spec"], "clusterIPs": ["10.96.0.30", "fd00:96::30"],
+                  "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack"}},
+        eps("dual", pod(P1), pod(P2), pod(P3), ports=TCPUDP, name="dual-v4"),
+        eps("dual", *[pod(ip) for ip in PODS6.values()], ports=TCPUDP, name="dual-v6", family="IPv6"),
+        # this node: its zone label is what topology hints are matched against
+        {"apiVersion": "v1", "kind": "Node",
+         "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+         "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}},
     ]
 
 
@@ -212,6 +230,48 @@ def test_udp_conntrack_cleanup_moves_a_client_to_the_new_endpoint(lab: ProxyLab)
     # Same client socket (source port): without cleanup its conntrack entry would
     # keep it on pod2 until the entry expired.
     assert reached(lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)) == {"pod3"}
+
+
+def test_topology_hints_keep_traffic_in_the_node_zone(lab: ProxyLab) -> None:
+    assert reached(lab.probe("client", "tcp", "10.96.0.23", 80, 12)) == {"pod1"}
+
+
+def test_dual_stack_service_in_ip6_table(lab: ProxyLab) -> None:
+    r = lab.probe("client", "tcp", "fd00:96::30", 80, N)
+    assert reached(r) == ALL and sources(r) == {CLIENT_POD6}
+    r = lab.probe("client", "udp", "fd00:96::30", 53, N)
+    assert reached(r) == ALL and sources(r) == {CLIENT_POD6}
+    r = lab.probe("ext", "tcp", NODE_IP6, 30030, 12)
+    assert reached(r) <= ALL and sources(r) == {GATEWAY6}, "external IPv6 NodePort is masqueraded"
+    assert lab.probe("client", "tcp", "fd00:96::30", 81) == [["!refused"]]
+    assert reached(lab.probe("client", "tcp", "10.96.0.30", 80, 6)) <= ALL
+
+
+def test_metrics_carry_kube_proxy_names(lab: ProxyLab) -> None:
+    script = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:10249/metrics', timeout=5).read().decode())"
+    text = lab.pool.run(lab.node, PY, "-c", script).stdout
+    for name in ("kubeproxy_sync_proxy_rules_duration_seconds_count", "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                 "kubeproxy_sync_partial_proxy_rules_duration_seconds", "kubeproxy_network_programming_duration_seconds",
+                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total"):
+        assert name in text, name
+    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1.0' in text
+
+
+def test_masquerade_modes_with_once(lab: ProxyLab) -> None:
+    """Last in the module: replaces the running proxy with one-shot runs."""
+    assert lab.proxy is not None
+    lab.proxy.terminate()
+    assert lab.proxy.wait(timeout=10) == 0, "SIGTERM is a clean exit"
+    out = lab.once("--masquerade-all")
+    assert out.returncode == 0, out.stderr
+    r = lab.probe("client", "tcp", "10.96.0.10", 80, 4)
+    assert sources(r) == {GATEWAY}, f"pods are masqueraded too: {r}\n{lab.nft()}"
+    out = lab.once("--detect-local-mode", "None")
+    assert out.returncode == 0, out.stderr
+    r = lab.probe("ext", "tcp", "10.96.0.10", 80, 4)
+    assert reached(r) <= ALL and sources(r) == {EXT_IP}, "no local detector: off-cluster clients keep their IP"
+    assert sources(lab.probe("client", "tcp", "10.96.0.10", 80, 4)) == {CLIENT_POD}
 
 
 def test_cleanup_removes_the_tables(tmp_path: Path) -> None:
