@@ -79,11 +79,21 @@ SERVICE_CIDRS = KindInfo(
     subresources=("status",), definition="io.k8s.api.networking.v1.ServiceCIDR")
 DEPLOYMENTS = KindInfo(
     "apps", "v1", "deployments", "deployment", "Deployment", True, short_names=("deploy",),
-    categories=("all",), subresources=("status",), definition="io.k8s.api.apps.v1.Deployment")
+    categories=("all",), subresources=("status", "scale"), definition="io.k8s.api.apps.v1.Deployment")
 
 KINDS: tuple[KindInfo, ...] = (
     NAMESPACES, SERVICES, PODS, NODES, EVENTS, ENDPOINT_SLICES, LEASES, SERVICE_CIDRS, DEPLOYMENTS,
 )
+
+# Subresources whose objects are not the parent kind: (group, version, kind) for
+# discovery's responseKind and for the body of GET/PUT/PATCH on them.
+SUBRESOURCE_KINDS: dict[str, tuple[str, str, str]] = {"scale": ("autoscaling", "v1", "Scale")}
+
+
+def subresource_kind(kind: KindInfo, subresource: str) -> tuple[str, str, str]:
+    """(group, version, kind) served at <kind>/<subresource>."""
+    return SUBRESOURCE_KINDS.get(subresource, (kind.group, kind.version, kind.kind))
+
 
 _BY_GVR = {(k.group, k.version, k.plural): k for k in KINDS}
 _BY_GVK = {(k.api_version, k.kind): k for k in KINDS}

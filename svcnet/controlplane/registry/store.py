@@ -44,6 +44,7 @@ from svcnet.controlplane.errors import (
 )
 from svcnet.controlplane.registry import codec
 from svcnet.controlplane.registry import kinds as k
+from svcnet.controlplane.registry import scale
 from svcnet.controlplane.registry.allocators import AllocationPlan, ServiceAllocator
 from svcnet.controlplane.registry.gc import OwnerIndex
 from svcnet.controlplane.registry.watch import parse_resource_version, watch_objects
@@ -177,12 +178,20 @@ class Registry:
     def _ns(kind: KindInfo, namespace: str | None) -> str | None:
         return namespace or None if kind.namespaced else None
 
-    async def get(self, kind: KindInfo, namespace: str | None, name: str) -> Obj:
+    async def get(self, kind: KindInfo, namespace: str | None, name: str, *,
+                  subresource: str | None = None) -> Obj:
+        """The object; with subresource "scale" its autoscaling/v1 Scale (status and
+        other subresources read as the object itself, as in kube)."""
         self._strategy(kind)
         kv = await self.storage.get(codec.object_key(kind, self._ns(kind, namespace), name))
         if kv is None:
             raise not_found(kind.plural, name, kind.group)
-        return codec.decode(kv)
+        obj = codec.decode(kv)
+        if subresource == "scale":
+            if kind not in scale.SCALABLE:
+                raise not_found(f"{kind.plural}/scale", name, kind.group)
+            return scale.to_scale(obj)
+        return obj
 
     def _selectors(self, kind: KindInfo, label_selector: str, field_selector: str
                    ) -> Callable[[Obj], bool] | None:
@@ -437,6 +446,12 @@ class Registry:
                      subresource: str | None = None, dry_run: bool = False, field_manager: str = "",
                      field_validation: str = "Strict") -> tuple[Obj, builtins.list[str]]:
         strategy = self._strategy(kind)
+        if subresource == "scale":
+            scale.check_scale_body(obj)
+            wanted = copy.deepcopy(obj)
+            rv = str((wanted.get("metadata") or {}).get("resourceVersion") or "")
+            return await self._write_scale(kind, namespace, name, lambda current: wanted, rv,
+                                           dry_run, field_manager), []
         obj = self._check_type(kind, obj)
         warnings = self._field_validation(kind, obj, field_validation)
         ns = self._ns(kind, namespace)
@@ -574,6 +589,25 @@ class Registry:
             raise bad_request("error decoding patch: the patch must be a JSON object")
         if apply and not field_manager:
             raise bad_request("PATCH, application/apply-patch+yaml requires fieldManager parameter")
+        if subresource == "scale":
+            scale_node = node_for(scale.SCALE_DEFINITION)
+
+            def patched(current: Obj) -> Obj:
+                if patch_type == "application/json-patch+json":
+                    return patches.json_patch(current, doc)
+                if patch_type == "application/merge-patch+json":
+                    return patches.merge_patch(current, doc)
+                if patch_type == "application/strategic-merge-patch+json":
+                    return patches.strategic_merge_patch(current, doc, scale_node)
+                scale.check_scale_body(doc)
+                out = patches.apply_patch(current, doc, field_manager, force, scale_node)
+                out.get("metadata", {}).pop("managedFields", None)
+                return out
+
+            rv = str((doc.get("metadata") or {}).get("resourceVersion") or "") \
+                if _patch_sets_rv(patch_type, doc) else ""
+            return await self._write_scale(kind, namespace, name, patched, rv, dry_run,
+                                           field_manager), False, []
         node = node_for(kind.definition) if kind.definition else None
         ns = self._ns(kind, namespace)
         key = codec.object_key(kind, ns, name)
@@ -627,6 +661,35 @@ class Registry:
                     raise conflict(kind.plural, name, kind.group) from None
                 continue
             return result, False, warnings
+        raise conflict(kind.plural, name, kind.group)
+
+    async def _write_scale(self, kind: KindInfo, namespace: str | None, name: str,
+                           change: Callable[[Obj], Obj], requested_rv: str, dry_run: bool,
+                           field_manager: str) -> Obj:
+        """Write a scalable object's replicas through its Scale view; returns the Scale."""
+        if kind not in scale.SCALABLE:
+            raise not_found(f"{kind.plural}/scale", name, kind.group)
+        strategy = self._strategy(kind)
+        key = codec.object_key(kind, self._ns(kind, namespace), name)
+        for _ in range(MAX_UPDATE_RETRIES):
+            kv = await self.storage.get(key)
+            if kv is None:
+                raise not_found(kind.plural, name, kind.group)
+            old = codec.decode(kv)
+            if requested_rv and requested_rv != str(kv.mod_revision):
+                raise conflict(kind.plural, name, kind.group)
+            desired = change(scale.to_scale(old))
+            raise_invalid("Scale", name, scale.validate_scale(desired), "autoscaling")
+            new = copy.deepcopy(old)
+            new.setdefault("spec", {})["replicas"] = desired["spec"]["replicas"]
+            try:
+                result = await self._update_from(kind, strategy, kv, old, new, None, dry_run,
+                                                 field_manager, "Update")
+            except _Retry:
+                if requested_rv:
+                    raise conflict(kind.plural, name, kind.group) from None
+                continue
+            return scale.to_scale(result)
         raise conflict(kind.plural, name, kind.group)
 
     # -- delete --------------------------------------------------------------------------

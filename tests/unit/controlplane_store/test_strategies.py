@@ -155,3 +155,31 @@ async def test_nodes_register_with_their_status(registry: Registry) -> None:
         bad = {**updated, "status": {"addresses": [{"type": "InternalIP", "address": "nope"}]}}
         await registry.update(k.NODES, None, "n1", bad, subresource="status")
     assert causes(info.value)[0][0] == "status.addresses[0].address"
+
+
+async def test_deployment_scale_subresource(registry: Registry) -> None:
+    import json
+
+    await registry.create(k.DEPLOYMENTS, "default", deployment())
+    sc = await registry.get(k.DEPLOYMENTS, "default", "web", subresource="scale")
+    assert sc["kind"] == "Scale" and sc["apiVersion"] == "autoscaling/v1"
+    assert sc["spec"] == {"replicas": 1} and sc["status"] == {"replicas": 0, "selector": "app=web"}
+    out, created, _ = await registry.patch(k.DEPLOYMENTS, "default", "web", "application/merge-patch+json",
+                                           json.dumps({"spec": {"replicas": 3}}).encode(),
+                                           subresource="scale")
+    assert not created and out["kind"] == "Scale" and out["spec"]["replicas"] == 3
+    dep = await registry.get(k.DEPLOYMENTS, "default", "web")
+    assert dep["spec"]["replicas"] == 3 and dep["metadata"]["generation"] == 2
+    out["spec"]["replicas"] = 5
+    put, _ = await registry.update(k.DEPLOYMENTS, "default", "web", out, subresource="scale")
+    assert put["spec"]["replicas"] == 5
+    with pytest.raises(APIError) as info:  # the Scale carried a resourceVersion that is now stale
+        await registry.update(k.DEPLOYMENTS, "default", "web", out, subresource="scale")
+    assert info.value.code == 409
+    with pytest.raises(APIError) as info:
+        await registry.patch(k.DEPLOYMENTS, "default", "web", "application/merge-patch+json",
+                             b'{"spec":{"replicas":-1}}', subresource="scale")
+    assert causes(info.value) == [("spec.replicas", "Invalid value: -1: must be greater than or equal to 0")]
+    with pytest.raises(APIError) as info:
+        await registry.get(k.SERVICES, "default", "kubernetes", subresource="scale")
+    assert info.value.code == 404
