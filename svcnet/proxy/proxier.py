@@ -250,8 +250,9 @@ class Proxier:
         await self._update_health(states)
         self.health.updated()
         self.synced_once.set()
-        log.info("synced rules mode=%s %s services=%d changed=%d ops=%d in %.1f ms",
-                 self.backend.mode, "full" if full else "partial",
+        # one INFO line per sync that did something; the periodic no-op syncs at DEBUG
+        log.log(logging.INFO if (full or stats.ops) else logging.DEBUG,
+                "synced rules mode=%s %s services=%d changed=%d ops=%d in %.1f ms", self.backend.mode, "full" if full else "partial",
                  sum(len(s.services) for s in states.values()), len(changed), stats.ops, elapsed * 1000)
         self.last_result = SyncResult(full, stats.ops, elapsed, len(changed), deleted)
         return self.last_result

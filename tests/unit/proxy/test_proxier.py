@@ -78,3 +78,20 @@ async def test_partial_after_change_and_full_after_failure() -> None:
     assert r is not None and r.full and not r.error
     t = Tracer(fake.table(4))  # type: ignore[arg-type]
     assert t.trace("10.244.9.9", "tcp", "10.96.0.2", 80).endpoints == ["10.244.0.8:80"]
+
+
+async def test_network_programming_latency_comes_from_the_slice_trigger_time() -> None:
+    import time
+    from datetime import datetime, timezone
+
+    p, fake, src = make()
+    by_kind(src, "services").replace([svc("a", "10.96.0.1", ("p80", 80, "TCP"))])
+    e = eps("a", ep("10.244.0.1"))
+    stamp = datetime.fromtimestamp(time.time() - 2.0, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    e["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": stamp}
+    by_kind(src, "endpointslices").replace([e])
+    await p.sync()
+    reg = p.metrics.registry
+    assert reg.get_sample_value("kubeproxy_network_programming_duration_seconds_count", {"ip_family": "IPv4"}) == 1
+    total = reg.get_sample_value("kubeproxy_network_programming_duration_seconds_sum", {"ip_family": "IPv4"})
+    assert total is not None and 1.0 <= total < 60
