@@ -692,6 +692,62 @@ class Registry:
             return scale.to_scale(result)
         raise conflict(kind.plural, name, kind.group)
 
+    # -- pod subresources that are POSTed -------------------------------------------------
+
+    async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:
+        """POST pods/NAME/binding (kube-scheduler's way of placing a pod): sets
+        spec.nodeName once; a pod already on a node is 409. Returns a success Status."""
+        if not isinstance(binding, dict) or binding.get("kind") not in (None, "", "Binding"):
+            raise bad_request("the body of the request must be a Binding object")
+        target = binding.get("target") or {}
+        node = target.get("name") if isinstance(target, dict) else None
+        if not node:
+            raise_invalid("Binding", name, [FieldError("FieldValueRequired", "target.name",
+                                                       "Required value")])
+        if target.get("kind") not in (None, "", "Node"):
+            raise_invalid("Binding", name, [FieldError(
+                "FieldValueNotSupported", "target.kind",
+                f'Unsupported value: "{target.get("kind")}": supported values: "Node"')])
+        key = codec.object_key(k.PODS, namespace, name)
+        strategy = self._strategy(k.PODS)
+        for _ in range(MAX_UPDATE_RETRIES):
+            kv = await self.storage.get(key)
+            if kv is None:
+                raise not_found("pods", name)
+            old = codec.decode(kv)
+            uid = ((binding.get("metadata") or {}).get("uid"))
+            if uid and uid != old["metadata"].get("uid"):
+                raise conflict("pods/binding", name)
+            current = (old.get("spec") or {}).get("nodeName")
+            if current:
+                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": '
+                               f'pod {name} is already assigned to node "{current}"',
+                               {"name": name, "kind": "pods/binding"})
+            if old["metadata"].get("deletionTimestamp"):
+                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": '
+                               f"pod {name} is being deleted, cannot be assigned to a host",
+                               {"name": name, "kind": "pods/binding"})
+            new = copy.deepcopy(old)
+            new["spec"]["nodeName"] = node
+            try:
+                await self._update_from(k.PODS, strategy, kv, old, new, None, dry_run,
+                                        "kube-scheduler", "Update")
+            except _Retry:
+                continue
+            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "code": 201}
+        raise conflict("pods/binding", name)
+
+    async def evict(self, namespace: str, name: str, eviction: Obj, *, dry_run: bool = False) -> Obj:
+        """POST pods/NAME/eviction (policy/v1 Eviction): deletes the pod with the
+        eviction's deleteOptions (svcnet has no PodDisruptionBudgets to consult)."""
+        if not isinstance(eviction, dict) or eviction.get("kind") not in (None, "", "Eviction"):
+            raise bad_request("the body of the request must be an Eviction object")
+        options = eviction.get("deleteOptions") or {}
+        await self.delete(k.PODS, namespace, name, options=options, dry_run=dry_run)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "code": 201}
+
     # -- delete --------------------------------------------------------------------------
 
     async def delete(self, kind: KindInfo, namespace: str | None, name: str, *,

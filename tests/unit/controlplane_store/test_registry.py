@@ -517,3 +517,20 @@ async def test_deleted_kubernetes_service_comes_back(registry: Registry) -> None
     else:
         raise AssertionError("the kubernetes Service was not recreated")
     assert kube["spec"]["clusterIP"] == "10.96.0.1"
+
+
+async def test_binding_and_eviction(registry: Registry) -> None:
+    await registry.create(k.PODS, "default", pod("p"))
+    status = await registry.bind("default", "p", {"kind": "Binding", "metadata": {"name": "p"},
+                                                  "target": {"kind": "Node", "name": "node-1"}})
+    assert status["status"] == "Success"
+    assert (await registry.get(k.PODS, "default", "p"))["spec"]["nodeName"] == "node-1"
+    with pytest.raises(APIError) as info:
+        await registry.bind("default", "p", {"target": {"kind": "Node", "name": "node-2"}})
+    assert info.value.code == 409 and 'already assigned to node "node-1"' in info.value.message
+    with pytest.raises(APIError) as info:
+        await registry.bind("default", "nope", {"target": {"name": "node-2"}})
+    assert info.value.code == 404
+    await registry.evict("default", "p", {"kind": "Eviction", "deleteOptions": {"gracePeriodSeconds": 0}})
+    with pytest.raises(APIError):
+        await registry.get(k.PODS, "default", "p")
