@@ -43,7 +43,25 @@ log = logging.getLogger(__name__)
 TCP_IDLE_TIMEOUT = 10.0
 TCP_WRITE_TIMEOUT = 10.0
 TCP_MAX_PIPELINE = 64  # queries in progress per connection before we stop reading
+TCP_MAX_CONNECTIONS = 1000
+# Queries handed from a UDP thread to the event loop and not answered yet. Above this a
+# flood of uncached names (random subdomains) is dropped instead of queueing without
+# bound; clients retry, and remembered answers keep flowing from the thread meanwhile.
+# (CoreDNS's forward `max_concurrent` plays the same role.)
+UDP_MAX_BACKLOG = 2000
 UDP_RCVBUF = 4 << 20
+
+
+class _Backlog:
+    """In-flight slow-path queries of one UDP socket. Each counter has a single writer
+    (the UDP thread submits, the loop completes), so no lock is needed."""
+
+    __slots__ = ("submitted", "completed", "dropped")
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.completed = 0
+        self.dropped = 0
 
 
 class DnsServer:
@@ -58,6 +76,7 @@ class DnsServer:
         self._tcp: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._tcp_connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_stats = metrics.collector.new_stats()
 
@@ -137,6 +156,7 @@ class DnsServer:
         submit = self._loop.call_soon_threadsafe
         slow = self._udp_slow
         send = sock.sendto
+        backlog = _Backlog()
         get = self.handler.udp_cache.get
         recvfrom, sendto = sock.recvfrom, sock.sendto
         stats = where.stats
@@ -162,30 +182,44 @@ class DnsServer:
                     pass
                 observe(hit[1], perf() - start)
                 continue
+            if backlog.submitted - backlog.completed >= UDP_MAX_BACKLOG:
+                backlog.dropped += 1
+                if backlog.dropped % 10000 == 1:
+                    log.warning("dropping queries: %d uncached queries waiting dropped=%d",
+                                UDP_MAX_BACKLOG, backlog.dropped)
+                continue
+            backlog.submitted += 1
             try:
-                submit(slow, send, data, addr, loop_where)
+                submit(slow, send, data, addr, loop_where, backlog)
             except RuntimeError:  # the loop is closed: we are shutting down
                 return
 
-    def _udp_slow(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any, where: Listener) -> None:
-        task = asyncio.ensure_future(self._udp_answer(send, data, addr, where))
+    def _udp_slow(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any, where: Listener,
+                  backlog: _Backlog) -> None:
+        task = asyncio.ensure_future(self._udp_answer(send, data, addr, where, backlog))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _udp_answer(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any,
-                          where: Listener) -> None:
+                          where: Listener, backlog: _Backlog) -> None:
         try:
             replies = await self.handler.handle(data, where, addr[0])
             for reply in replies:
                 send(reply, addr)
         except OSError as e:
             log.debug("udp send failed to=%s err=%s", addr, e)
+        finally:
+            backlog.completed += 1
 
     # -- TCP ---------------------------------------------------------------------
 
     async def _tcp_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               where: Listener) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
+        if self._tcp_connections >= TCP_MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._tcp_connections += 1
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -223,6 +257,7 @@ class DnsServer:
             for t in inflight:
                 t.cancel()
             writer.close()
+            self._tcp_connections -= 1
             if task is not None:
                 self._tasks.discard(task)
 
@@ -253,6 +288,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.where = where
         self.get = server.handler.udp_cache.get
         self.transport: asyncio.DatagramTransport | None = None
+        self.backlog = _Backlog()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -267,4 +303,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(data[:2] + hit[0], addr)
             self.where.stats.observe(hit[1], time.perf_counter() - start)
             return
-        self.server._udp_slow(self.transport.sendto, data, addr, self.where)
+        if self.backlog.submitted - self.backlog.completed >= UDP_MAX_BACKLOG:
+            self.backlog.dropped += 1
+            return
+        self.backlog.submitted += 1
+        self.server._udp_slow(self.transport.sendto, data, addr, self.where, self.backlog)
