@@ -325,6 +325,8 @@ class EtcdStorage(Storage):
                 refused = 0
             if unknown and not guarded:
                 break
+            log.info("etcd %s via %s failed (%s)%s; trying the next member", method, endpoint, errors[-1],
+                     ", outcome unknown" if unknown else "")
             self._current += 1  # next member
             await asyncio.sleep(0.02 if refused == 0 else 0)
         detail = "; ".join(errors[-len(self.endpoints):]) or "no answer"
