@@ -106,6 +106,15 @@ def generate_name(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
 
 
+# How often a write re-reads and retries after losing a race before giving up with 409.
+MAX_WRITE_ATTEMPTS = 32
+
+
+class Stale(Exception):
+    """The stored object moved on between read and write: read it again and retry
+    (kube's GuaranteedUpdate loop). Internal to the registry; never reaches a client."""
+
+
 # -- continue tokens (apiserver pkg/storage/continue.go) ----------------------------
 
 def encode_continue(revision: int, next_key: str, prefix: str) -> str:

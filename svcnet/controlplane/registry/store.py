@@ -43,8 +43,9 @@ from svcnet.controlplane.errors import (
     APIError, already_exists, bad_request, conflict, gone, not_found,
 )
 from svcnet.controlplane.registry import codec
+from svcnet.controlplane.registry.codec import Stale
 from svcnet.controlplane.registry import kinds as k
-from svcnet.controlplane.registry import scale
+from svcnet.controlplane.registry import lifecycle, scale, subresources
 from svcnet.controlplane.registry.allocators import AllocationPlan, ServiceAllocator
 from svcnet.controlplane.registry.gc import OwnerIndex
 from svcnet.controlplane.registry.watch import parse_resource_version, watch_objects
@@ -66,19 +67,13 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
-NAMESPACE_FINALIZER = "kubernetes"
 MAX_GENERATE_NAME_ATTEMPTS = 8
-MAX_UPDATE_RETRIES = 32
 _LIST_CHUNK = 500
 
 _PATCH_TYPES = (
     "application/json-patch+json", "application/merge-patch+json",
     "application/strategic-merge-patch+json", "application/apply-patch+yaml",
 )
-
-
-class _Retry(Exception):
-    """The object changed between read and write: read it again (GuaranteedUpdate)."""
 
 
 class Registry:
@@ -403,7 +398,7 @@ class Registry:
         if field_manager is not None:
             obj = self._record_manager(kind, None, obj, field_manager, None)
         key = codec.object_key(kind, ns, name)
-        for _ in range(MAX_UPDATE_RETRIES):
+        for _ in range(codec.MAX_WRITE_ATTEMPTS):
             ns_kv = await self._live_namespace(kind, ns, name)
             plan = self._plan(kind, obj, None)
             if dry_run:
@@ -450,7 +445,7 @@ class Registry:
             scale.check_scale_body(obj)
             wanted = copy.deepcopy(obj)
             rv = str((wanted.get("metadata") or {}).get("resourceVersion") or "")
-            return await self._write_scale(kind, namespace, name, lambda current: wanted, rv,
+            return await subresources.write_scale(self, kind, namespace, name, lambda current: wanted, rv,
                                            dry_run, field_manager), []
         obj = self._check_type(kind, obj)
         warnings = self._field_validation(kind, obj, field_validation)
@@ -463,7 +458,7 @@ class Registry:
         self._place(kind, ns, obj) if kind.namespaced else meta.pop("namespace", None)
         requested_rv = str(meta.get("resourceVersion") or "")
         key = codec.object_key(kind, ns, name)
-        for _ in range(MAX_UPDATE_RETRIES):
+        for _ in range(codec.MAX_WRITE_ATTEMPTS):
             kv = await self.storage.get(key)
             if kv is None:
                 if subresource or not strategy.allow_create_on_update:
@@ -478,7 +473,7 @@ class Registry:
             try:
                 result = await self._update_from(kind, strategy, kv, old, copy.deepcopy(obj),
                                                  subresource, dry_run, field_manager, "Update")
-            except _Retry:
+            except Stale:
                 if requested_rv:
                     raise conflict(kind.plural, name, kind.group) from None
                 continue
@@ -489,7 +484,7 @@ class Registry:
                            new: Obj, subresource: str | None, dry_run: bool, field_manager: str,
                            operation: str) -> Obj:
         """Turn the requested object into the stored one and write it if it changed.
-        Raises _Retry when the object moved on since `kv` was read."""
+        Raises Stale when the object moved on since `kv` was read."""
         name = old["metadata"]["name"]
         new["kind"], new["apiVersion"] = kind.kind, kind.api_version
         if not isinstance(new.get("metadata"), dict):
@@ -557,12 +552,12 @@ class Registry:
         if not res.succeeded:
             if plan:
                 plan.abort()
-            raise _Retry()
+            raise Stale()
         if plan:
             plan.commit(res.revision)
         stored = codec.decode(res.kvs[kv.key])
         if kind is k.NAMESPACES and meta.get("deletionTimestamp"):
-            await self._maybe_finalize_namespace(name)
+            await lifecycle.maybe_finalize_namespace(self, name)
         return stored
 
     # -- patch ---------------------------------------------------------------------------
@@ -606,12 +601,12 @@ class Registry:
 
             rv = str((doc.get("metadata") or {}).get("resourceVersion") or "") \
                 if _patch_sets_rv(patch_type, doc) else ""
-            return await self._write_scale(kind, namespace, name, patched, rv, dry_run,
+            return await subresources.write_scale(self, kind, namespace, name, patched, rv, dry_run,
                                            field_manager), False, []
         node = node_for(kind.definition) if kind.definition else None
         ns = self._ns(kind, namespace)
         key = codec.object_key(kind, ns, name)
-        for _ in range(MAX_UPDATE_RETRIES):
+        for _ in range(codec.MAX_WRITE_ATTEMPTS):
             kv = await self.storage.get(key)
             if kv is None:
                 if not apply or subresource:
@@ -656,97 +651,22 @@ class Registry:
             try:
                 result = await self._update_from(kind, strategy, kv, old, new, subresource, dry_run,
                                                  field_manager, "Apply" if apply else "Update")
-            except _Retry:
+            except Stale:
                 if requested_rv:
                     raise conflict(kind.plural, name, kind.group) from None
                 continue
             return result, False, warnings
         raise conflict(kind.plural, name, kind.group)
 
-    async def _write_scale(self, kind: KindInfo, namespace: str | None, name: str,
-                           change: Callable[[Obj], Obj], requested_rv: str, dry_run: bool,
-                           field_manager: str) -> Obj:
-        """Write a scalable object's replicas through its Scale view; returns the Scale."""
-        if kind not in scale.SCALABLE:
-            raise not_found(f"{kind.plural}/scale", name, kind.group)
-        strategy = self._strategy(kind)
-        key = codec.object_key(kind, self._ns(kind, namespace), name)
-        for _ in range(MAX_UPDATE_RETRIES):
-            kv = await self.storage.get(key)
-            if kv is None:
-                raise not_found(kind.plural, name, kind.group)
-            old = codec.decode(kv)
-            if requested_rv and requested_rv != str(kv.mod_revision):
-                raise conflict(kind.plural, name, kind.group)
-            desired = change(scale.to_scale(old))
-            raise_invalid("Scale", name, scale.validate_scale(desired), "autoscaling")
-            new = copy.deepcopy(old)
-            new.setdefault("spec", {})["replicas"] = desired["spec"]["replicas"]
-            try:
-                result = await self._update_from(kind, strategy, kv, old, new, None, dry_run,
-                                                 field_manager, "Update")
-            except _Retry:
-                if requested_rv:
-                    raise conflict(kind.plural, name, kind.group) from None
-                continue
-            return scale.to_scale(result)
-        raise conflict(kind.plural, name, kind.group)
-
-    # -- pod subresources that are POSTed -------------------------------------------------
+    # -- pod subresources that are POSTed ----------------------------------------------
 
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:
-        """POST pods/NAME/binding (kube-scheduler's way of placing a pod): sets
-        spec.nodeName once; a pod already on a node is 409. Returns a success Status."""
-        if not isinstance(binding, dict) or binding.get("kind") not in (None, "", "Binding"):
-            raise bad_request("the body of the request must be a Binding object")
-        target = binding.get("target") or {}
-        node = target.get("name") if isinstance(target, dict) else None
-        if not node:
-            raise_invalid("Binding", name, [FieldError("FieldValueRequired", "target.name",
-                                                       "Required value")])
-        if target.get("kind") not in (None, "", "Node"):
-            raise_invalid("Binding", name, [FieldError(
-                "FieldValueNotSupported", "target.kind",
-                f'Unsupported value: "{target.get("kind")}": supported values: "Node"')])
-        key = codec.object_key(k.PODS, namespace, name)
-        strategy = self._strategy(k.PODS)
-        for _ in range(MAX_UPDATE_RETRIES):
-            kv = await self.storage.get(key)
-            if kv is None:
-                raise not_found("pods", name)
-            old = codec.decode(kv)
-            uid = ((binding.get("metadata") or {}).get("uid"))
-            if uid and uid != old["metadata"].get("uid"):
-                raise conflict("pods/binding", name)
-            current = (old.get("spec") or {}).get("nodeName")
-            if current:
-                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": '
-                               f'pod {name} is already assigned to node "{current}"',
-                               {"name": name, "kind": "pods/binding"})
-            if old["metadata"].get("deletionTimestamp"):
-                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": '
-                               f"pod {name} is being deleted, cannot be assigned to a host",
-                               {"name": name, "kind": "pods/binding"})
-            new = copy.deepcopy(old)
-            new["spec"]["nodeName"] = node
-            try:
-                await self._update_from(k.PODS, strategy, kv, old, new, None, dry_run,
-                                        "kube-scheduler", "Update")
-            except _Retry:
-                continue
-            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                    "code": 201}
-        raise conflict("pods/binding", name)
+        """POST pods/NAME/binding (see `subresources.bind`)."""
+        return await subresources.bind(self, namespace, name, binding, dry_run=dry_run)
 
     async def evict(self, namespace: str, name: str, eviction: Obj, *, dry_run: bool = False) -> Obj:
-        """POST pods/NAME/eviction (policy/v1 Eviction): deletes the pod with the
-        eviction's deleteOptions (svcnet has no PodDisruptionBudgets to consult)."""
-        if not isinstance(eviction, dict) or eviction.get("kind") not in (None, "", "Eviction"):
-            raise bad_request("the body of the request must be an Eviction object")
-        options = eviction.get("deleteOptions") or {}
-        await self.delete(k.PODS, namespace, name, options=options, dry_run=dry_run)
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "code": 201}
+        """POST pods/NAME/eviction (see `subresources.evict`)."""
+        return await subresources.evict(self, namespace, name, eviction, dry_run=dry_run)
 
     # -- delete --------------------------------------------------------------------------
 
@@ -763,7 +683,7 @@ class Registry:
         if kind is k.NAMESPACES and name in PROTECTED_NAMESPACES:
             raise APIError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may '
                            "not be deleted", {"name": name, "kind": "namespaces"})
-        for _ in range(MAX_UPDATE_RETRIES):
+        for _ in range(codec.MAX_WRITE_ATTEMPTS):
             kv = await self.storage.get(key)
             if kv is None:
                 raise not_found(kind.plural, name, kind.group)
@@ -771,9 +691,9 @@ class Registry:
             self._check_preconditions(kind, old, opts.get("preconditions") or {})
             try:
                 if kind is k.NAMESPACES:
-                    return await self._delete_namespace(kv, old, dry_run)
+                    return await lifecycle.delete_namespace(self, kv, old, dry_run)
                 result = await self._delete_once(kind, strategy, kv, old, opts, dry_run)
-            except _Retry:
+            except Stale:
                 continue
             return result
         raise conflict(kind.plural, name, kind.group)
@@ -836,7 +756,7 @@ class Registry:
             return new
         res = await self.storage.update(kv.key, codec.encode(new), kv.mod_revision)
         if not res.succeeded:
-            raise _Retry()
+            raise Stale()
         return codec.decode(res.kvs[kv.key])
 
     async def _remove(self, kind: KindInfo, kv: KeyValue, last: Obj, *, orphan: bool = False) -> Obj:
@@ -848,19 +768,19 @@ class Registry:
             ops += plan.ops()
         res = await self.storage.txn([Compare(kv.key, kv.mod_revision)], ops)
         if not res.succeeded:
-            raise _Retry()
+            raise Stale()
         if plan:
             plan.commit(res.revision)
         out = copy.deepcopy(last)
         out["metadata"]["resourceVersion"] = str(res.revision)
         uid = out["metadata"].get("uid")
         if uid and kind is not k.NAMESPACES:
-            task = asyncio.create_task(self._gc(uid, res.revision, orphan))
+            task = asyncio.create_task(lifecycle.collect(self, uid, res.revision, orphan))
             self._gc_tasks.add(task)
             task.add_done_callback(self._gc_tasks.discard)
         ns = out["metadata"].get("namespace")
         if kind.namespaced and ns:
-            await self._maybe_finalize_namespace(ns)
+            await lifecycle.maybe_finalize_namespace(self, ns)
         return out
 
     async def delete_collection(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
@@ -879,99 +799,6 @@ class Registry:
                     raise
         return {"kind": kind.list_kind, "apiVersion": kind.api_version,
                 "metadata": {"resourceVersion": str(self.storage.revision)}, "items": items}
-
-    # -- namespaces and garbage collection ------------------------------------------------
-
-    async def _delete_namespace(self, kv: KeyValue, old: Obj, dry_run: bool) -> Obj:
-        """Namespace deletion as the namespace controller does it: mark Terminating,
-        delete the content, then drop the `kubernetes` finalizer and the namespace."""
-        name = old["metadata"]["name"]
-        if dry_run:
-            return old
-        if not old["metadata"].get("deletionTimestamp"):
-            new = copy.deepcopy(old)
-            new["metadata"]["deletionTimestamp"] = codec.now_rfc3339()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new.setdefault("status", {})["phase"] = "Terminating"
-            old = await self._write_meta(kv, new, False)
-        for kind in k.KINDS:
-            if not kind.namespaced:
-                continue
-            page = await self.storage.range(codec.kind_prefix(kind, name))
-            for item in page.kvs:
-                obj = codec.decode(item)
-                try:
-                    await self.delete(kind, name, obj["metadata"]["name"],
-                                      options={"preconditions": {"uid": obj["metadata"].get("uid")}})
-                except APIError as err:
-                    if err.code not in (404, 409):
-                        raise
-        final = await self._maybe_finalize_namespace(name)
-        return final or old
-
-    async def _maybe_finalize_namespace(self, name: str) -> Obj | None:
-        """Remove a terminating namespace once nothing is left in it."""
-        key = codec.object_key(k.NAMESPACES, None, name)
-        for _ in range(MAX_UPDATE_RETRIES):
-            kv = await self.storage.get(key)
-            if kv is None:
-                return None
-            ns = codec.decode(kv)
-            if not ns["metadata"].get("deletionTimestamp"):
-                return None
-            for kind in k.KINDS:
-                if kind.namespaced and (await self.storage.range(codec.kind_prefix(kind, name),
-                                                                 limit=1)).kvs:
-                    return ns
-            fins = [f for f in (ns.get("spec") or {}).get("finalizers") or [] if f != NAMESPACE_FINALIZER]
-            if fins or ns["metadata"].get("finalizers"):
-                if fins != (ns.get("spec") or {}).get("finalizers"):
-                    new = copy.deepcopy(ns)
-                    new.setdefault("spec", {})["finalizers"] = fins
-                    try:
-                        return await self._write_meta(kv, new, False)
-                    except _Retry:
-                        continue
-                return ns
-            try:
-                return await self._remove(k.NAMESPACES, kv, ns)
-            except _Retry:
-                continue
-        return None
-
-    async def _gc(self, uid: str, revision: int, orphan: bool) -> None:
-        """Delete the dependents of the owner `uid` deleted at `revision` (Background
-        propagation), or drop the reference to it (Orphan, or other owners remain)."""
-        try:
-            await self.owners.wait_for(revision)
-            for key in self.owners.dependents(uid):
-                where = codec.parse_key(key, k.KINDS)
-                if where is None:
-                    continue
-                dep_kind, ns, name = where
-                kv = await self.storage.get(key)
-                if kv is None:
-                    continue
-                obj = codec.decode(kv)
-                refs = obj["metadata"].get("ownerReferences") or []
-                try:
-                    if orphan or any(isinstance(r, dict) and r.get("uid") not in (uid, None)
-                                     for r in refs):
-                        kept = [r for r in refs if not (isinstance(r, dict) and r.get("uid") == uid)]
-                        patch = json.dumps({"metadata": {"ownerReferences": kept or None}}).encode()
-                        await self.patch(dep_kind, ns, name, "application/merge-patch+json", patch,
-                                         field_manager="garbage-collector")
-                    else:
-                        await self.delete(dep_kind, ns, name, options={
-                            "preconditions": {"uid": obj["metadata"].get("uid")}})
-                except APIError as err:
-                    if err.code not in (404, 409):
-                        log.warning("garbage collection of %s %s/%s failed: %s", dep_kind.kind,
-                                    ns, name, err.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a failed sweep must not take the server down
-            log.exception("garbage collection of the dependents of %s failed", uid)
 
     async def wait_for_gc(self) -> None:
         """Wait until background garbage collection has settled (for tests and shutdown)."""
@@ -1039,7 +866,7 @@ class Registry:
                      or ev["metadata"].get("creationTimestamp") or "")
             when = codec.parse_rfc3339(str(stamp)[:19] + "Z" if stamp else "")
             if when is not None and when < cutoff:
-                with contextlib.suppress(_Retry):
+                with contextlib.suppress(Stale):
                     await self._remove(k.EVENTS, kv, ev)
                     gone_count += 1
         return gone_count
