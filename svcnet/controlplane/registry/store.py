@@ -455,7 +455,10 @@ class Registry:
             raise bad_request(f"the name of the object ({meta['name']}) does not match the name on "
                               f"the URL ({name})")
         meta["name"] = name
-        self._place(kind, ns, obj) if kind.namespaced else meta.pop("namespace", None)
+        if kind.namespaced:
+            self._place(kind, ns, obj)
+        else:
+            meta.pop("namespace", None)
         requested_rv = str(meta.get("resourceVersion") or "")
         key = codec.object_key(kind, ns, name)
         for _ in range(codec.MAX_WRITE_ATTEMPTS):
