@@ -213,6 +213,10 @@ async def _run(args: argparse.Namespace, opts) -> int:  # type: ignore[no-untype
         return 0
     finally:
         feed.cancel()
+        try:  # let the source close its connections (ApiSource closes its HTTP client)
+            await feed
+        except BaseException:  # cancelled, or the error already reported above
+            pass
 
 
 async def _wait_initialized(proxier, feed: asyncio.Task[None]) -> None:  # type: ignore[no-untyped-def]
