@@ -463,7 +463,13 @@ class EtcdStorage(Storage):
                 mine = self._landed(ops, current)
                 if mine is not None:
                     log.info("txn outcome was unknown; it was applied at revision %d", mine.revision)
-                    await self._wait_state(mine.revision, self.write_sync_timeout)
+                    for op in ops:  # what each key held before our write (MVCC read)
+                        try:
+                            mine.prev[op.key] = await self.get(op.key, mine.revision - 1)
+                        except CompactedError:
+                            mine.prev[op.key] = None
+                    if any(self._cached(op.key) for op in ops):
+                        await self._wait_state(mine.revision, self.write_sync_timeout)
                     return mine
             return TxnResult(False, revision, current={c.key: current.get(c.key) for c in compares})
         prev: dict[str, KeyValue | None] = {}

@@ -228,3 +228,77 @@ def test_apiserver_answers_503_while_etcd_is_down(tmp_path: Path) -> None:
             server.kubectl("create", "service", "clusterip", "api", "--tcp=80:8080")
         finally:
             server.stop()
+
+
+class ResponseEater:
+    """A loopback TCP proxy in front of an etcd member that forwards the first
+    `POST /v3/kv/txn` and then cuts the connection instead of relaying etcd's answer:
+    the write lands, the client never hears it did (a member dying right after commit)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.armed = True
+        self.eaten = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(*self.upstream)
+        eat = asyncio.Event()
+
+        async def to_upstream() -> None:
+            while data := await reader.read(65536):
+                if self.armed and b"POST /v3/kv/txn" in data:
+                    self.armed = False
+                    eat.set()
+                up_w.write(data)
+                await up_w.drain()
+
+        async def to_client() -> None:
+            while data := await up_r.read(65536):
+                if eat.is_set():
+                    self.eaten += 1
+                    writer.transport.abort()  # the answer never arrives
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(to_upstream()), asyncio.create_task(to_client())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        writer.transport.abort()
+        up_w.transport.abort()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_write_whose_answer_was_lost_is_reported_once(etcd: EtcdCluster) -> None:
+    from svcnet.controlplane.storage import Compare, Put
+
+    eater = ResponseEater(etcd.endpoints[0])
+    proxy = await eater.start()
+    store = await EtcdStorage.open([proxy, etcd.endpoints[0]], prefix=unique_prefix())
+    try:
+        key = "/registry/services/specs/default/web"
+        before = store.revision
+        res = await store.txn([Compare(key, 0)], [Put(key, b"mine"), Put("/registry/allocations/x", b"a")])
+        assert eater.eaten == 1                      # the first answer was lost...
+        assert res.succeeded                         # ...yet the write is acknowledged, once
+        kv = await store.get(key)
+        assert kv is not None and kv.value == b"mine" and kv.version == 1
+        assert res.revision == kv.mod_revision == before + 1 == store.revision
+        assert res.kvs[key].mod_revision == kv.mod_revision
+        # and a genuine conflict is still a conflict
+        again = await store.txn([Compare(key, 0)], [Put(key, b"other")])
+        assert not again.succeeded and again.current[key] is not None
+    finally:
+        await store.close()
+        await eater.close()
