@@ -327,7 +327,17 @@ def _fam(family: int) -> str:
 
 
 def list_local_addresses() -> list[str]:
-    """Addresses on this network namespace's links (for CIDR --nodeport-addresses)."""
+    """Addresses on this network namespace's links (for CIDR --nodeport-addresses).
+
+    pyroute2 0.9's IPRoute runs its own asyncio loop and refuses to start inside a
+    running one (the sync loop calls this), so the query runs in a worker thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_list_local_addresses).result()
+
+
+def _list_local_addresses() -> list[str]:
     from pyroute2 import IPRoute
 
     out: list[str] = []
