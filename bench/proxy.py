@@ -273,6 +273,14 @@ def bench_conn(seconds: float, counts: list[int], conn_bin: str, rounds: int) ->
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         results: dict[int, dict[str, list[float]]] = {}
+        # the floor: no rules at all (conntrack still on, as on any node)
+        sh(node, "nft", "flush", "ruleset")
+        floor: list[float] = []
+        for _ in range(rounds):
+            subprocess.run(["ip", "netns", "exec", node, "conntrack", "-F"], capture_output=True)
+            done, secs, _ = sh(cli, "taskset", "-c", "0", conn_bin, "client", "198.19.250.1", "8080", "32",
+                               str(seconds)).split()
+            floor.append(int(done) / float(secs))
         for n in counts:
             special = n // 2
             objs = objects(n, special, ["198.19.250.1", "198.19.250.2", "198.19.250.3"])
@@ -292,9 +300,12 @@ def bench_conn(seconds: float, counts: list[int], conn_bin: str, rounds: int) ->
                         print(f"  warning: {failed} failed connections ({kind}, N={n})")
                     res[kind].append(int(done) / float(secs))
         m = statistics.median
-        print(f"{'N':>7} | {'ClusterIP conn/s':>16} | {'direct pod IP conn/s':>20} | {'ClusterIP/direct':>16}")
+        print(f"floor (no rules loaded, direct pod IP): {m(floor):.0f} conn/s")
+        print(f"{'N':>7} | {'ClusterIP conn/s':>16} | {'direct pod IP conn/s':>20} | {'ClusterIP/direct':>16} |"
+              f" {'ClusterIP/floor':>15}")
         for n, r in results.items():
-            print(f"{n:>7} | {m(r['cluster']):>16.0f} | {m(r['direct']):>20.0f} | {m(r['cluster']) / m(r['direct']):>15.2f}x")
+            print(f"{n:>7} | {m(r['cluster']):>16.0f} | {m(r['direct']):>20.0f} |"
+                  f" {m(r['cluster']) / m(r['direct']):>15.2f}x | {m(r['cluster']) / m(floor):>14.2f}x")
         if len(counts) >= 2:
             lo, hi = results[counts[0]], results[counts[-1]]
             print(f"ClusterIP at {counts[-1]} vs {counts[0]} services: "
