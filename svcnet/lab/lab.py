@@ -76,6 +76,11 @@ class LabPaths:
         return self.dir / "admin.kubeconfig"
 
     @property
+    def local_kubeconfig(self) -> Path:
+        """For components on the control-plane node: https://127.0.0.1 (see LabUp.up)."""
+        return self.dir / "local.kubeconfig"
+
+    @property
     def kubeconfig(self) -> Path:
         """For the host: 127.0.0.1 through the port forward."""
         return self.dir / "kubeconfig"
@@ -173,7 +178,10 @@ class LabUp:
         with self.status.step("Starting control plane 🕹️"):
             self.start("apiserver", cp.name, self.svcnet(
                 "apiserver", "--data-dir", str(self.paths.dir / "apiserver"),
-                "--listen", f"{cp.underlay_ip}:{topo.apiserver_port}",
+                # All addresses: components on the control-plane node talk to it over
+                # 127.0.0.1, so their connections never look like a pod reaching itself
+                # through a Service (the `kubernetes` endpoint is this node's own IP).
+                "--listen", f"0.0.0.0:{topo.apiserver_port}",
                 "--kubeconfig-out", str(self.paths.admin_kubeconfig),
                 "--service-cidr", str(net.service_subnet),
                 "--node-port-range", f"{net.node_port_range[0]}-{net.node_port_range[1]}",
@@ -182,12 +190,13 @@ class LabUp:
                                 ["apiserver"])
             port_file = self.paths.dir / "apiserver.port"
             self.start("portforward", None, [self.python, "-m", "svcnet.lab.portforward", "--listen", "127.0.0.1:0",
-                                             "--netns", cp.name, "--to", f"{cp.underlay_ip}:{topo.apiserver_port}",
+                                             "--netns", cp.name, "--to", f"127.0.0.1:{topo.apiserver_port}",
                                              "--port-file", str(port_file)])
             await self.wait_for("the apiserver port forward", port_file.exists, ["portforward"])
             self._write_host_kubeconfig(int(port_file.read_text()))
+            self._write_kubeconfig(self.paths.local_kubeconfig, f"https://127.0.0.1:{topo.apiserver_port}")
             self.start("controller-manager", cp.name, self.svcnet(
-                "controller-manager", "--kubeconfig", str(self.paths.admin_kubeconfig)))
+                "controller-manager", "--kubeconfig", str(self.paths.local_kubeconfig)))
 
         from svcnet.apiclient.client import RestClient
 
@@ -200,7 +209,8 @@ class LabUp:
                     if node.role == "control-plane":
                         labels.append("node-role.kubernetes.io/control-plane=")
                     self.start(f"node-agent-{node.name}", node.name, self.svcnet(
-                        "node-agent", "--kubeconfig", str(self.paths.admin_kubeconfig), "--node-name", node.name,
+                        "node-agent", "--kubeconfig", self._kubeconfig_for(node), "--node-name", node.name,
+                        "--pod-kubeconfig", str(self.paths.admin_kubeconfig),
                         "--node-ip", str(node.underlay_ip), "--pod-cidr", str(node.pod_cidr),
                         "--state-dir", str(node_dir), "--cluster-dns", str(net.cluster_dns),
                         "--cluster-domain", net.dns_domain, "--node-labels", ",".join(labels),
@@ -211,7 +221,7 @@ class LabUp:
             with self.status.step(f"Starting proxies ({topo.proxy_mode}) 🔀"):
                 for node in topo.nodes:
                     self.start(f"proxy-{node.name}", node.name, self.svcnet(
-                        "proxy", "--kubeconfig", str(self.paths.admin_kubeconfig),
+                        "proxy", "--kubeconfig", self._kubeconfig_for(node),
                         "--hostname-override", node.name, "--node-ip", str(node.underlay_ip),
                         "--cluster-cidr", str(net.pod_subnet), "--service-cidr", str(net.service_subnet),
                         "--proxy-mode", topo.proxy_mode))
@@ -268,6 +278,19 @@ class LabUp:
         ready = [p for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
                                         for c in (p.get("status") or {}).get("conditions") or [])]
         return len(ready) >= self.topo.dns_replicas
+
+    def _kubeconfig_for(self, node: Any) -> str:
+        if node.role == "control-plane":
+            return str(self.paths.local_kubeconfig)
+        return str(self.paths.admin_kubeconfig)
+
+    def _write_kubeconfig(self, path: Path, server: str) -> None:
+        cfg = yaml.safe_load(self.paths.admin_kubeconfig.read_text())
+        for c in cfg.get("clusters") or []:
+            c["cluster"]["server"] = server
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
 
     def _write_host_kubeconfig(self, port: int) -> None:
         cfg = yaml.safe_load(self.paths.admin_kubeconfig.read_text())

@@ -28,6 +28,9 @@ log = logging.getLogger("svcnet.lab.agent")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", required=True, help="kubeconfig with write access to pods and nodes")
+    parser.add_argument("--pod-kubeconfig", default=None,
+                        help="kubeconfig handed to built-in pods that watch the API, e.g. svcnet/dns "
+                             "(default: --kubeconfig); it must work from the pod network")
     parser.add_argument("--node-name", required=True, help="the Node to register and run pods for")
     parser.add_argument("--node-ip", default="", help="InternalIP to report (default: this namespace's first address)")
     parser.add_argument("--pod-cidr", default="",
@@ -100,7 +103,7 @@ async def _run(args: argparse.Namespace) -> int:
     except OSError:
         host_resolv = ""
     state_dir = args.state_dir or Path("/var/lib/svcnet/node-agent") / args.node_name
-    agent = NodeAgent(client, source, cfg, kubeconfig=str(Path(args.kubeconfig).resolve()), state_dir=state_dir,
+    agent = NodeAgent(client, source, cfg, kubeconfig=str(Path(args.pod_kubeconfig or args.kubeconfig).resolve()), state_dir=state_dir,
                       dns=ClusterDNS(args.cluster_dns, args.cluster_domain), node_netns=args.node_netns,
                       manifest_path=args.pod_manifest_path, lease_interval=args.lease_interval,
                       host_resolv=host_resolv)
