@@ -398,8 +398,10 @@ class Registry:
         if field_manager is not None:
             obj = self._record_manager(kind, None, obj, field_manager, None)
         key = codec.object_key(kind, ns, name)
+        base = obj
         for _ in range(codec.MAX_WRITE_ATTEMPTS):
             ns_kv = await self._live_namespace(kind, ns, name)
+            obj = copy.deepcopy(base)  # each attempt allocates afresh
             plan = self._plan(kind, obj, None)
             if dry_run:
                 if plan:
@@ -445,8 +447,9 @@ class Registry:
             scale.check_scale_body(obj)
             wanted = copy.deepcopy(obj)
             rv = str((wanted.get("metadata") or {}).get("resourceVersion") or "")
-            return await subresources.write_scale(self, kind, namespace, name, lambda current: wanted, rv,
-                                           dry_run, field_manager), []
+            return await subresources.write_scale(self, kind, namespace, name,
+                                                  lambda current: wanted, rv, dry_run,
+                                                  field_manager), []
         obj = self._check_type(kind, obj)
         warnings = self._field_validation(kind, obj, field_validation)
         ns = self._ns(kind, namespace)
@@ -604,8 +607,8 @@ class Registry:
 
             rv = str((doc.get("metadata") or {}).get("resourceVersion") or "") \
                 if _patch_sets_rv(patch_type, doc) else ""
-            return await subresources.write_scale(self, kind, namespace, name, patched, rv, dry_run,
-                                           field_manager), False, []
+            return await subresources.write_scale(self, kind, namespace, name, patched, rv,
+                                                  dry_run, field_manager), False, []
         node = node_for(kind.definition) if kind.definition else None
         ns = self._ns(kind, namespace)
         key = codec.object_key(kind, ns, name)
