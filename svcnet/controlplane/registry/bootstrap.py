@@ -36,7 +36,7 @@ async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> No
     await _ensure(reg, k.SERVICE_CIDRS, None, {
         "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [reg.service_cidr]}},
         lambda cur: None)
-    svc = {
+    svc: Obj = {
         "metadata": {"name": "kubernetes", "namespace": "default",
                      "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": reg.allocator.first_ip(),
@@ -47,15 +47,15 @@ async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> No
 
     def fix_service(cur: Obj) -> Obj | None:
         ports = cur.get("spec", {}).get("ports") or []
-        if ports == svc["spec"]["ports"]:  # type: ignore[index]
+        if ports == svc["spec"]["ports"]:
             return None
         new = copy.deepcopy(cur)
-        new["spec"]["ports"] = copy.deepcopy(svc["spec"]["ports"])  # type: ignore[index]
+        new["spec"]["ports"] = copy.deepcopy(svc["spec"]["ports"])
         return new
 
     await _ensure(reg, k.SERVICES, "default", svc, fix_service)
     family = "IPv6" if ":" in apiserver_ip else "IPv4"
-    slice_ = {
+    slice_: Obj = {
         "metadata": {"name": "kubernetes", "namespace": "default",
                      "labels": {"kubernetes.io/service-name": "kubernetes"}},
         "addressType": family,
@@ -72,6 +72,7 @@ async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> No
         return new
 
     await _ensure(reg, k.ENDPOINT_SLICES, "default", slice_, fix_slice)
+
 
 async def _ensure(reg: Registry, kind: KindInfo, namespace: str | None, obj: Obj,
                   fix: Callable[[Obj], Obj | None]) -> None:

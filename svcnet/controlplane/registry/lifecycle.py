@@ -54,12 +54,13 @@ async def delete_namespace(reg: Registry, kv: KeyValue, old: Obj, dry_run: bool)
             obj = codec.decode(item)
             try:
                 await reg.delete(kind, name, obj["metadata"]["name"],
-                                  options={"preconditions": {"uid": obj["metadata"].get("uid")}})
+                                 options={"preconditions": {"uid": obj["metadata"].get("uid")}})
             except APIError as err:
                 if err.code not in (404, 409):
                     raise
     final = await maybe_finalize_namespace(reg, name)
     return final or old
+
 
 async def maybe_finalize_namespace(reg: Registry, name: str) -> Obj | None:
     """Remove a terminating namespace once nothing is left in it."""
@@ -73,7 +74,7 @@ async def maybe_finalize_namespace(reg: Registry, name: str) -> Obj | None:
             return None
         for kind in k.KINDS:
             if kind.namespaced and (await reg.storage.range(codec.kind_prefix(kind, name),
-                                                             limit=1)).kvs:
+                                                            limit=1)).kvs:
                 return ns
         fins = [f for f in (ns.get("spec") or {}).get("finalizers") or [] if f != NAMESPACE_FINALIZER]
         if fins or ns["metadata"].get("finalizers"):
@@ -90,6 +91,7 @@ async def maybe_finalize_namespace(reg: Registry, name: str) -> Obj | None:
         except Stale:
             continue
     return None
+
 
 async def collect(reg: Registry, uid: str, revision: int, orphan: bool) -> None:
     """Delete the dependents of the owner `uid` deleted at `revision` (Background
@@ -112,7 +114,7 @@ async def collect(reg: Registry, uid: str, revision: int, orphan: bool) -> None:
                     kept = [r for r in refs if not (isinstance(r, dict) and r.get("uid") == uid)]
                     patch = json.dumps({"metadata": {"ownerReferences": kept or None}}).encode()
                     await reg.patch(dep_kind, ns, name, "application/merge-patch+json", patch,
-                                     field_manager="garbage-collector")
+                                    field_manager="garbage-collector")
                 else:
                     await reg.delete(dep_kind, ns, name, options={
                         "preconditions": {"uid": obj["metadata"].get("uid")}})

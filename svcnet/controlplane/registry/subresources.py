@@ -25,8 +25,8 @@ Obj = dict[str, Any]
 
 
 async def write_scale(reg: Registry, kind: KindInfo, namespace: str | None, name: str,
-                       change: Callable[[Obj], Obj], requested_rv: str, dry_run: bool,
-                       field_manager: str) -> Obj:
+                      change: Callable[[Obj], Obj], requested_rv: str, dry_run: bool,
+                      field_manager: str) -> Obj:
     """Write a scalable object's replicas through its Scale view; returns the Scale."""
     if kind not in scale.SCALABLE:
         raise not_found(f"{kind.plural}/scale", name, kind.group)
@@ -45,7 +45,7 @@ async def write_scale(reg: Registry, kind: KindInfo, namespace: str | None, name
         new.setdefault("spec", {})["replicas"] = desired["spec"]["replicas"]
         try:
             result = await reg._update_from(kind, strategy, kv, old, new, None, dry_run,
-                                             field_manager, "Update")
+                                            field_manager, "Update")
         except Stale:
             if requested_rv:
                 raise conflict(kind.plural, name, kind.group) from None
@@ -91,12 +91,13 @@ async def bind(reg: Registry, namespace: str, name: str, binding: Obj, *, dry_ru
         new["spec"]["nodeName"] = node
         try:
             await reg._update_from(k.PODS, strategy, kv, old, new, None, dry_run,
-                                    "kube-scheduler", "Update")
+                                   "kube-scheduler", "Update")
         except Stale:
             continue
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "code": 201}
     raise conflict("pods/binding", name)
+
 
 async def evict(reg: Registry, namespace: str, name: str, eviction: Obj, *, dry_run: bool = False) -> Obj:
     """POST pods/NAME/eviction (policy/v1 Eviction): deletes the pod with the
