@@ -340,7 +340,9 @@ def dns_manifest(topo: Topology) -> str:
                       "terminationGracePeriodSeconds": 5,
                       "containers": [{
                           "name": "dns", "image": "svcnet/dns",
-                          "args": ["--listen", "0.0.0.0:53", "--zone", net.dns_domain, "--pods", "insecure",
+                          # CoreDNS's default Corefile: `kubernetes cluster.local in-addr.arpa ip6.arpa`
+                          "args": ["--listen", "0.0.0.0:53", "--zone", net.dns_domain, "--zone", "in-addr.arpa",
+                                   "--zone", "ip6.arpa", "--pods", "insecure",
                                    "--health-listen", "0.0.0.0:8080", "--ready-listen", "0.0.0.0:8181",
                                    "--metrics-listen", "0.0.0.0:9153"],
                           "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},

@@ -1,0 +1,169 @@
+"""`svcnet lab up` end to end, driven exactly as a user drives it: the svcnet CLI
+and the real kubectl. A deployment behind a Service, reached by name from a pod on
+each node over TCP, UDP and SCTP, a NodePort from the external namespace, a pod
+that crashes and comes back, a deleted pod that is replaced; then `svcnet lab down`
+leaves no namespace, process, /etc/netns entry or file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from svcnet.lab.netns import list_netns
+from svcnet.lab.teardown import processes_in_netns
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl]
+
+PY = sys.executable
+
+
+class Lab:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name, self.root = name, root
+        self.env = {**os.environ, "SVCNET_LAB_ROOT": str(root), "KUBECONFIG": str(root / name / "kubeconfig")}
+
+    def svcnet(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([PY, "-m", "svcnet", "lab", *args], env=self.env, capture_output=True, text=True,
+                           timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"svcnet lab {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def kubectl(self, *args: str) -> str:
+        r = subprocess.run(["kubectl", *args], env=self.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
+        return r.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def exec(self, target: str, *cmd: str, check: bool = True) -> str:
+        r = self.svcnet("exec", target, "--", *cmd, check=check, timeout=30)
+        return r.stdout.strip()
+
+    def py(self, target: str, code: str) -> str:
+        return self.exec(target, PY, "-c", code)
+
+    def until(self, what: str, fn: Any, timeout: float = 90) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = fn()
+            except AssertionError:
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                logs = self.svcnet("logs", check=False).stdout
+                raise AssertionError(f"timed out waiting for {what}; components: {logs}")
+            time.sleep(0.5)
+
+    def ready_endpoints(self, service: str) -> list[dict[str, Any]]:
+        slices = self.json("get", "endpointslices", "-l", f"kubernetes.io/service-name={service}")["items"]
+        return [ep for s in slices for ep in s.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready")]
+
+
+@pytest.fixture
+def lab(tmp_path: Path, lab_name: str):
+    topo = tmp_path / "walk.lab.yaml"
+    topo.write_text(f"name: {lab_name}\nnodes: [{{role: control-plane}}, {{role: worker}}]\ndns: {{replicas: 2}}\n")
+    lab = Lab(lab_name, tmp_path / "labs")
+    try:
+        out = lab.svcnet("up", str(topo))
+        assert "export KUBECONFIG=" in out.stdout and "✓ Installing DNS" in out.stderr
+        yield lab
+    finally:
+        down = lab.svcnet("down", "--name", lab_name, check=False)
+        assert down.returncode == 0, down.stderr
+        assert not [n for n in list_netns() if n.startswith(lab_name + "-")]
+        assert not [p for p in Path("/etc/netns").glob(f"{lab_name}-*")] if Path("/etc/netns").exists() else True
+        assert not (lab.root / lab_name).exists()
+
+
+def test_walkthrough(lab: Lab) -> None:
+    lab.kubectl("create", "deployment", "web", "--image=svcnet/echo", "--replicas=3")
+    lab.kubectl("expose", "deployment", "web", "--port", "80", "--target-port", "8080")
+    lab.kubectl("expose", "deployment", "web", "--name", "web-udp", "--port", "90", "--target-port", "8080",
+                "--protocol", "UDP")
+    lab.kubectl("expose", "deployment", "web", "--name", "web-sctp", "--port", "91", "--target-port", "8080",
+                "--protocol", "SCTP")
+    lab.kubectl("expose", "deployment", "web", "--name", "web-np", "--type", "NodePort", "--port", "80",
+                "--target-port", "8080")
+    lab.until("3 ready endpoints", lambda: len(lab.ready_endpoints("web")) == 3)
+    pods = lab.json("get", "pods", "-l", "app=web")["items"]
+    names = {p["metadata"]["name"] for p in pods}
+    by_node = {p["spec"]["nodeName"]: p["metadata"]["name"] for p in pods}
+    assert len(by_node) == 2, "the scheduler spreads pods over both nodes"
+    cluster_ip = lab.json("get", "svc", "web")["spec"]["clusterIP"]
+
+    for node, client in by_node.items():
+        # DNS through kube-dns, with the pod's own resolv.conf (search path, ndots:5)
+        assert lab.exec(client, "dig", "+short", "+search", "web") == cluster_ip
+        assert lab.exec(client, "dig", "+short", "web.default.svc.cluster.local") == cluster_ip
+        ptr = lab.exec(client, "dig", "+short", "-x", cluster_ip)
+        assert ptr == "web.default.svc.cluster.local."
+        # TCP, UDP and SCTP by name reach every replica
+        tcp = lab.py(client, "import socket\nfor i in range(24):\n s=socket.create_connection(('web',80),timeout=3)"
+                             "\n s.sendall(b'hostname\\n'); print(s.recv(200).decode().strip()); s.close()")
+        assert set(tcp.split()) == names, f"TCP from {client} reached {Counter(tcp.split())}"
+        udp = lab.py(client, "import socket\nfor i in range(24):\n u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)"
+                             "\n u.settimeout(3); u.sendto(b'hostname',('web-udp',90)); print(u.recv(200).decode())")
+        assert set(udp.split()) == names, f"UDP from {client} reached {Counter(udp.split())}"
+        sctp = [lab.exec(client, PY, "-m", "svcnet.lab.apps.sctp", "probe", "web-sctp", "91", "--message", "hostname")
+                for _ in range(12)]
+        assert set(sctp) <= names and len(set(sctp)) >= 2, f"SCTP from {client}: {Counter(sctp)}"
+
+    # NodePort from outside the cluster, on every node
+    node_port = lab.json("get", "svc", "web-np")["spec"]["ports"][0]["nodePort"]
+    for node in lab.json("get", "nodes")["items"]:
+        ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+        got = lab.py("external", f"import socket; s=socket.create_connection(('{ip}',{node_port}),timeout=3); "
+                                 "s.sendall(b'hostname\\n'); print(s.recv(200).decode().strip())")
+        assert got in names
+
+    # status shows frontends -> endpoints, also as JSON
+    status = json.loads(lab.svcnet("status", "--name", lab.name, "--format", "json").stdout)
+    web = next(s for s in status["services"] if s["name"] == "web")
+    assert f"{cluster_ip}:80/TCP" in web["frontends"] and len(web["endpoints"]) == 3
+
+    # a crashed container restarts and its endpoint comes back
+    victim = pods[0]["metadata"]["name"]
+    victim_ip = pods[0]["status"]["podIP"]
+    lab.exec(victim, "sh", "-c", "kill -9 $(pgrep -f svcnet.lab.apps.echo)", check=False)
+    lab.until("the restart", lambda: lab.json("get", "pod", victim)["status"]["containerStatuses"][0]
+              ["restartCount"] >= 1)
+    lab.until("the endpoint back", lambda: victim_ip in {ep["addresses"][0] for ep in lab.ready_endpoints("web")})
+
+    # a deleted pod is replaced and the Service follows
+    lab.kubectl("delete", "pod", victim, "--wait=true", "--timeout=60s")
+    lab.until("a replacement", lambda: len(lab.ready_endpoints("web")) == 3 and victim not in
+              {ep.get("targetRef", {}).get("name") for ep in lab.ready_endpoints("web")})
+
+
+def test_down_is_polite_when_nothing_runs(tmp_path: Path, lab_name: str) -> None:
+    lab = Lab(lab_name, tmp_path / "labs")
+    r = lab.svcnet("down", "--name", lab_name)
+    assert "nothing to do" in r.stderr
+
+
+def test_up_fails_cleanly_on_a_bad_topology(tmp_path: Path, lab_name: str) -> None:
+    topo = tmp_path / "bad.lab.yaml"
+    topo.write_text("name: x\nproxyMode: ipvs\n")
+    r = Lab(lab_name, tmp_path / "labs").svcnet("up", str(topo), check=False)
+    assert r.returncode == 2 and "proxyMode: 'ipvs'" in r.stderr
+
+
+def test_up_dry_run_prints_ip_commands(tmp_path: Path, lab_name: str) -> None:
+    topo = tmp_path / "t.lab.yaml"
+    topo.write_text(f"name: {lab_name}\n")
+    r = Lab(lab_name, tmp_path / "labs").svcnet("up", str(topo), "--dry-run")
+    assert f"ip netns add {lab_name}-underlay" in r.stdout
+    assert not [n for n in list_netns() if n.startswith(lab_name + "-")]
