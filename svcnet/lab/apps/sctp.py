@@ -120,7 +120,9 @@ class SctpResponder:
                 self._send(dst, src, SCTP(sport=sctp.dport, dport=sctp.sport, tag=init.init_tag)
                            / SCTPChunkAbort())
             return
-        reply = lambda tag: SCTP(sport=sctp.dport, dport=sctp.sport, tag=tag)  # noqa: E731
+        def reply(tag: int) -> Any:
+            return SCTP(sport=sctp.dport, dport=sctp.sport, tag=tag)
+
         if sctp.haslayer(SCTPChunkInit):
             init = sctp[SCTPChunkInit]
             assoc = _Assoc(peer_tag=init.init_tag, my_tag=_tag(), my_tsn=random.randint(0, 0xFFFFFFF),
@@ -163,7 +165,7 @@ class SctpError(OSError):
 
 async def sctp_probe(host: str, port: int, message: str = "", timeout: float = 3.0) -> SctpReply:
     """Open an association to host:port, send `message`, return the answers, ABORT."""
-    addr = socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0]
+    addr = str(socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0])
     sock = _open_raw()
     loop = asyncio.get_running_loop()
     sport = random.randint(32768, 60999)
