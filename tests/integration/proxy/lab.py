@@ -124,7 +124,7 @@ class ProxyLab:
 
     # -- traffic --------------------------------------------------------------------------------
 
-    def probe(self, where: str, proto: str, ip: str, port: int, count: int = 1, timeout: float = 2.0,
+    def probe(self, where: str, proto: str, ip: str, port: int, count: int = 1, timeout: float = 5.0,
               sport: int = 0) -> list[list[str]]:
         ns = {"ext": self.ext, "node": self.node}.get(where) or self.ns[where]
         out = self.pool.run(ns, PY, str(HERE / "probe.py"), proto, ip, str(port), str(count), str(timeout),

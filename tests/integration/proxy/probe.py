@@ -21,8 +21,9 @@ def one(proto: str, ip: str, port: int, timeout: float, sport: int) -> list[str]
             s.connect((ip, port))
             data = s.recv(200)
         else:
-            s.sendto(b"hello", (ip, port))
-            data, _ = s.recvfrom(200)
+            s.connect((ip, port))  # connected: ICMP port unreachable surfaces as ECONNREFUSED
+            s.send(b"hello")
+            data = s.recv(200)
         return data.decode().split()
     except ConnectionRefusedError:
         return ["!refused"]

@@ -48,10 +48,10 @@ def test_proxy_follows_the_api(tmp_path: Path) -> None:
         pool.popen(lab.node, PY, "-m", "svcnet", "proxy", "--kubeconfig", str(kubeconfig),
                    "--hostname-override", "node-a", "--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16",
                    "--min-sync-period", "100ms", stdout=log, stderr=log, cwd=str(ROOT))
-        wait_for(lambda: reached(lab.probe("client", "tcp", "10.96.0.10", 80, 12, timeout=0.5)) == {"pod1", "pod2"},
+        wait_for(lambda: reached(lab.probe("client", "tcp", "10.96.0.10", 80, 12)) == {"pod1", "pod2"},
                  30, lab.log)
         assert kubectl_apply(manifests("pod3"))
-        wait_for(lambda: reached(lab.probe("client", "tcp", "10.96.0.10", 80, 4, timeout=0.5)) == {"pod3"},
+        wait_for(lambda: reached(lab.probe("client", "tcp", "10.96.0.10", 80, 4)) == {"pod3"},
                  30, lab.log)
         # the apiserver's own `kubernetes` Service is proxied too (no endpoints: rejected, not dropped)
         assert "default/kubernetes" in subprocess.run(

@@ -74,6 +74,9 @@ def objects(udp_backend: str = P2) -> list[dict[str, Any]]:
         eps("sctp", pod(P2), ports=(("sctp", 8080, "SCTP"),)),
         svc("udpct", "10.96.0.21", ("udp", 53, "UDP")),
         eps("udpct", pod(udp_backend), ports=TCPUDP),
+        # no endpoints until the conntrack test gives it one
+        svc("udpnew", "10.96.0.24", ("udp", 53, "UDP")),
+        *([eps("udpnew", pod(P1), ports=TCPUDP)] if udp_backend != P2 else []),
         svc("ignored", "10.96.0.22", ("tcp", 80, "TCP"), labels={"service.kubernetes.io/service-proxy-name": "x"}),
         eps("ignored", pod(P1), ports=TCPUDP),
         svc("zoned", "10.96.0.23", ("tcp", 80, "TCP")),
@@ -102,6 +105,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
         yield lab
         if request.session.testsfailed > failed_before or request.config.getoption("--keep-artifacts"):
             (lab.workdir / "nft-ruleset.txt").write_text(lab.nft())
+            for name, cmd in (("conntrack.txt", ("conntrack", "-L")), ("links.txt", ("ip", "-d", "link"))):
+                (lab.workdir / name).write_text(pool.run(lab.node, *cmd, check=False).stdout)
             print(f"\nproxy artifacts in {lab.workdir}\n--- proxy log ---\n{lab.log()}")
 
 
@@ -226,10 +231,14 @@ def test_sctp_init_arrives_translated_at_the_backend(lab: ProxyLab) -> None:
 def test_udp_conntrack_cleanup_moves_a_client_to_the_new_endpoint(lab: ProxyLab) -> None:
     first = lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)
     assert reached(first) == {"pod2"}
-    lab.apply(objects(udp_backend=P3))  # pod2 leaves, pod3 joins
+    # a service without endpoints rejects (ICMP port unreachable)
+    assert lab.probe("client", "udp", "10.96.0.24", 53, 1, sport=41001) == [["!refused"]]
+    lab.apply(objects(udp_backend=P3))  # pod2 leaves, pod3 joins; udpnew gets pod1
     # Same client socket (source port): without cleanup its conntrack entry would
     # keep it on pod2 until the entry expired.
     assert reached(lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)) == {"pod3"}
+    # the empty -> non-empty transition: the rejected client is served at once
+    assert reached(lab.probe("client", "udp", "10.96.0.24", 53, 2, sport=41001)) == {"pod1"}
 
 
 def test_topology_hints_keep_traffic_in_the_node_zone(lab: ProxyLab) -> None:

@@ -179,3 +179,19 @@ def test_affinity_rules_check_then_update_the_client_set() -> None:
     _row(t, POD, "tcp", "10.96.3.1", 80, DNAT, ["10.244.3.1:80", "10.244.3.2:80"], False)
     sets = [s for s in t.table.sets.values() if s.name.startswith("affinity-")]
     assert len(sets) == 2 and all(s.timeout == 300 and "dynamic" in s.flags for s in sets)
+
+
+def test_local_policy_falls_back_to_local_terminating_endpoints() -> None:
+    objs = [svc("l", "10.96.4.1", ("p80", 80, "TCP", 30400), type="NodePort", externalTrafficPolicy="Local"),
+            eps("l", ep("10.244.4.1", node=NODE, ready=False, serving=True, terminating=True),
+                ep("10.244.4.2", node=NODE, ready=False, serving=False, terminating=True),
+                ep("10.244.4.3"))]
+    t = tracer(objs)
+    _row(t, EXTERNAL, "tcp", NODE_IP, 30400, DNAT, ["10.244.4.1:80"], False)
+    _row(t, POD, "tcp", "10.96.4.1", 80, DNAT, ["10.244.4.3:80"], False)  # ClusterIP: the ready one
+
+
+def test_hints_are_ignored_for_local_policy() -> None:
+    objs = [svc("l", "10.96.4.2", ("p80", 80, "TCP"), internalTrafficPolicy="Local"),
+            eps("l", ep("10.244.4.4", node=NODE, zones=("zone-b",)), ep("10.244.4.5", zones=("zone-a",)))]
+    _row(tracer(objs, node_zone="zone-a"), POD, "tcp", "10.96.4.2", 80, DNAT, ["10.244.4.4:80"])
