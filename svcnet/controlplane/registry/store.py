@@ -147,6 +147,15 @@ class Registry:
     def current_revision(self) -> int:
         return self.storage.revision
 
+    async def object_counts(self) -> dict[str, int]:
+        """Stored objects per resource (`services`, `endpointslices.discovery.k8s.io`, ...),
+        for kube-apiserver's `apiserver_storage_objects{resource}` gauge."""
+        counts = {}
+        for kind in k.KINDS:
+            page = await self.storage.range(codec.kind_prefix(kind), limit=1)
+            counts[kind.resource] = page.count
+        return counts
+
     # -- bootstrap -----------------------------------------------------------------------
 
     async def bootstrap(self, apiserver_ip: str, apiserver_port: int) -> None:

@@ -534,3 +534,10 @@ async def test_binding_and_eviction(registry: Registry) -> None:
     await registry.evict("default", "p", {"kind": "Eviction", "deleteOptions": {"gracePeriodSeconds": 0}})
     with pytest.raises(APIError):
         await registry.get(k.PODS, "default", "p")
+
+
+async def test_object_counts(registry: Registry) -> None:
+    await registry.create(k.SERVICES, "default", svc("web"))
+    counts = await registry.object_counts()
+    assert counts["services"] == 2 and counts["namespaces"] == 4
+    assert counts["endpointslices.discovery.k8s.io"] == 1 and counts["pods"] == 0
