@@ -161,7 +161,7 @@ class NftWriter:
             old = self._applied_table(table.family)
             if old is None:
                 self._replace_table(tx, table)
-            elif full or not self._same_fixed(old, table):
+            elif full or not self._same_fixed(old, table) or self._set_redefined(old, table):
                 self._full(tx, old, table)
             else:
                 self._partial(tx, old, table)
@@ -180,6 +180,19 @@ class NftWriter:
     def _same_fixed(a: FamilyRuleset, b: FamilyRuleset) -> bool:
         return (a.fixed_sets == b.fixed_sets and a.fixed_chains_first == b.fixed_chains_first
                 and a.fixed_chains_last == b.fixed_chains_last)
+
+    @staticmethod
+    def _set_redefined(a: FamilyRuleset, b: FamilyRuleset) -> bool:
+        """An affinity set kept its name but changed (a new timeout): nft cannot
+        redefine a set in place, and deleting it needs its rules gone first, which
+        the full path does in the right order."""
+        for k in a.services.keys() & b.services.keys():
+            sa, sb = a.services[k], b.services[k]
+            if sa is not sb and sa.sets != sb.sets:
+                old = {s.name: s for s in sa.sets}
+                if any(s.name in old and old[s.name] != s for s in sb.sets):
+                    return True
+        return False
 
     def _replace_table(self, tx: Transaction, table: FamilyRuleset) -> None:
         fam = table.family_name

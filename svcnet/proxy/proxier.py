@@ -225,8 +225,12 @@ class Proxier:
         changed = frozenset().union(*(c.services for c in self._unsynced))
         states = {f: ProxyState(configs[f], self.tracker.ports[f], self.tracker.endpoints[f])
                   for f in self.options.families}
-        ruleset = self.backend.compute(states, None if full else self.ruleset, None if full else changed)
         try:
+            # Both in a worker thread, so health checks keep answering during a long
+            # full sync. Safe: only checkpoint() (above, on the loop) mutates the
+            # converted state the states refer to, and syncs never overlap.
+            ruleset = await asyncio.to_thread(self.backend.compute, states, None if full else self.ruleset,
+                                              None if full else changed)
             stats = await asyncio.to_thread(self.backend.write, ruleset, full)
         except Exception as e:
             log.error("sync failed, keeping the last good rules; next sync is full (retry in %.1fs): %s",

@@ -144,3 +144,16 @@ def test_fake_rejects_what_the_kernel_would() -> None:
 def test_service_port_names_print_like_kube_proxy() -> None:
     assert str(ServicePortName("ns1", "svc1", "p80", "TCP")) == "ns1/svc1:p80"
     assert str(ServicePortName("ns1", "svc1", "", "TCP")) == "ns1/svc1"
+
+
+def test_changing_an_affinity_timeout_redefines_its_sets() -> None:
+    fake, clock = FakeNft(), Clock()
+    w = NftWriter(executor=fake, families=(4,), clock=clock)
+    objs = objects(2)
+    rs, _ = sync(w, objs, None, None, full=True)
+    objs[2] = svc("s1", "10.96.0.2", ("p80", 80, "TCP", 30001), type="NodePort", sessionAffinity="ClientIP",
+                  sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
+    rs, _ = sync(w, objs, rs, {"s1"})
+    kernel_equals_desired(fake, rs)
+    aff = [d for n, d in fake.tables[4].set_defs.items() if n.startswith("affinity-")]
+    assert aff and all("timeout 60s" in d for d in aff)
