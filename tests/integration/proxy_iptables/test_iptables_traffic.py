@@ -192,3 +192,41 @@ def test_cleanup_removes_every_svcnet_chain_and_nothing_else(tmp_path: Path) -> 
         saved = iptables_save(lab)
         assert "SVCNET" not in saved
         assert "-A INPUT -s 192.0.2.1/32 -j ACCEPT" in saved and ":OTHER-CHAIN" in saved
+
+
+LEGACY_WRITE = """
+import sys, yaml
+from svcnet.proxy.change_tracker import ChangeTracker
+from svcnet.proxy.iptables import Ruleset, compute_family
+from svcnet.proxy.iptables_restore import RestoreWriter, Tools
+from svcnet.proxy.model import ProxyConfig, ProxyState
+t = ChangeTracker("node-a", (4,))
+for o in yaml.safe_load_all(open(sys.argv[1])):
+    (t.on_service_add if o["kind"] == "Service" else t.on_endpoint_slice_add)(o)
+t.checkpoint()
+cfg = ProxyConfig(family=4, node_name="node-a", node_ips=("192.168.0.2",), cluster_cidrs=("10.244.0.0/16",),
+                  nodeport_addresses=("0.0.0.0/0",))
+w = RestoreWriter(families=(4,), tools=Tools("legacy"))
+w.write(Ruleset((compute_family(ProxyState(cfg, t.ports[4], t.endpoints[4])),)), True)
+"""
+
+
+def test_legacy_backend_writes_rules_that_carry_traffic(tmp_path: Path) -> None:
+    """The writer on iptables-legacy (the host default here is nf_tables): the same
+    payload through iptables-legacy-restore, seen by iptables-legacy-save, carrying
+    real connections; --cleanup removes it from the legacy tables as well."""
+    with NetnsPool("svpil") as pool:
+        lab = ProxyLab(pool, tmp_path)
+        lab.write_objects(objects())
+        out = pool.run(lab.node, PY, "-c", LEGACY_WRITE, str(lab.objects_file), check=False)
+        assert out.returncode == 0, out.stderr
+        saved = pool.run(lab.node, "iptables-legacy-save").stdout
+        assert "-A PREROUTING -m comment --comment \"svcnet service portals\" -j SVCNET-SERVICES" in saved
+        assert "SVCNET" not in pool.run(lab.node, "iptables-nft-save").stdout
+        r = lab.probe("client", "tcp", "10.96.0.10", 80, N)
+        assert reached(r) == ALL and sources(r) == {CLIENT_POD}
+        r = lab.probe("ext", "tcp", NODE_IP, 30080, 6)
+        assert reached(r) <= ALL and sources(r) == {GATEWAY}
+        out = pool.run(lab.node, PY, "-m", "svcnet", "proxy", "--cleanup", check=False)
+        assert out.returncode == 0, out.stderr
+        assert "SVCNET" not in pool.run(lab.node, "iptables-legacy-save").stdout
