@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
         from svcnet.proxy.backend import BackendError
 
         if isinstance(e, (BackendError, ManifestError, OSError)):
-            print(f"svcnet proxy: {e}", file=sys.stderr)
+            print(f"svcnet proxy: {' '.join(str(e).split())}", file=sys.stderr)  # one line
             return 1
         raise
 

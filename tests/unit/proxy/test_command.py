@@ -76,3 +76,32 @@ def test_unknown_or_missing_backend_fails_clearly(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(BackendError, match="unknown --proxy-mode"):
         load_backend("ipvs", BackendOptions())
     assert load_backend("nftables", BackendOptions(nft_binary="/bin/false")).mode == "nftables"
+
+
+def test_dry_run_prints_the_ruleset_and_touches_nothing(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from tests.unit.proxy.builders import ep, eps, svc
+
+    f = tmp_path / "objs.yaml"
+    f.write_text(yaml.safe_dump_all([svc("web", "10.96.0.10", ("http", 80, "TCP")),
+                                     eps("web", ep("10.244.1.5"), ports=(("http", 8080, "TCP"),))]))
+    rc = command.main(parse("--objects", str(f), "--hostname-override", "n1", "--node-ip", "192.168.0.2",
+                            "--cluster-cidr", "10.244.0.0/16", "--dry-run"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "table ip svcnet {" in out and "table ip6 svcnet {" in out
+    assert "dnat to 10.244.1.5:8080" in out and "10.96.0.10 . tcp . 80 : goto service-" in out
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "No such file"),
+    ("kind: [unclosed", "not valid JSON or YAML"),
+])
+def test_once_with_bad_objects_exits_1_with_one_line(tmp_path, capsys, content, message) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "objs.yaml"
+    if content is not None:
+        f.write_text(content)
+    rc = command.main(parse("--objects", str(f), "--hostname-override", "n1", "--once"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("svcnet proxy: ") and message in err[-1]
