@@ -243,7 +243,7 @@ def nodeport_destinations(cfg: ProxyConfig, localhost: bool) -> tuple[str, ...] 
     wanted = cfg.nodeport_addresses
     if wanted == ("primary",):
         return cfg.node_ips[:1]
-    nets = []
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for c in wanted:
         if c == "primary":
             nets.extend(ipaddress.ip_network(ip) for ip in cfg.node_ips[:1])

@@ -371,10 +371,10 @@ class RestoreWriter:
         parts: list[str] = []
         ops = 0
         for t in TABLES:
-            n = len(declare[t]) + len(rules[t]) + len(deletes[t]) + len(inserts[t]) + len(remove[t])
-            if not n:
+            count = len(declare[t]) + len(rules[t]) + len(deletes[t]) + len(inserts[t]) + len(remove[t])
+            if not count:
                 continue
-            ops += n
+            ops += count
             parts.append(f"*{t}\n")
             parts.extend(f":{c} - [0:0]\n" for c in declare[t])
             parts.extend(deletes[t])
