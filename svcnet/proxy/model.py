@@ -339,7 +339,12 @@ def endpoints_by_port(
             bucket = merged.setdefault(key, {})
             for ep in eps.get("endpoints") or []:
                 e = _endpoint(ep, number, node_name)
-                if e is not None and e.address not in bucket:
+                if e is None:
+                    continue
+                seen = bucket.get(e.address)
+                # The same address in two slices (mid-migration): the ready copy wins,
+                # as in kube-proxy's endpointSliceCache.
+                if seen is None or (e.ready and not seen.ready):
                     bucket[e.address] = e
     return {k: tuple(sorted(v.values(), key=_ep_sort_key)) for k, v in merged.items()}
 

@@ -96,3 +96,13 @@ def test_leading_zero_ipv4_is_tolerated() -> None:
     t.checkpoint()
     (p,) = t.ports[4].values()
     assert (p.cluster_ip, p.external_ips) == ("10.96.0.41", ("198.18.0.1",))
+
+
+def test_an_address_in_two_slices_prefers_the_ready_copy() -> None:
+    t = ChangeTracker("node-a", (4,))
+    t.on_service_add(svc("a", "10.96.0.1", ("p80", 80, "TCP")))
+    t.on_endpoint_slice_add(eps("a", ep("10.244.0.1", ready=False), name="a-1"))
+    t.on_endpoint_slice_add(eps("a", ep("10.244.0.1", ready=True), name="a-2"))
+    t.checkpoint()
+    (e,) = next(iter(t.endpoints[4].values()))
+    assert e.ready
