@@ -50,6 +50,7 @@ import asyncio
 import base64
 import bisect
 import collections
+import itertools
 import json
 import logging
 import time
@@ -188,6 +189,8 @@ class EtcdStorage(Storage):
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_resp: aiohttp.ClientResponse | None = None
         self._watch_up = False
+        self._watch_index = 0        # the member the cache's watch uses
+        self._last_kick = 0.0
         self._last_error = ""
         self._closed = False
 
@@ -221,6 +224,7 @@ class EtcdStorage(Storage):
         except BaseException:
             await store._session.close()
             raise
+        store._watch_index = store._current
         store._watch_task = asyncio.create_task(store._watch_loop(), name="etcd-watch-cache")
         log.info("etcd storage opened endpoints=%s prefix=%s revision=%d history-from=%d",
                  ",".join(store.endpoints), store.prefix, store._state_rev, store._floor)
@@ -290,20 +294,24 @@ class EtcdStorage(Storage):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
         data = json.dumps(body, separators=(",", ":"))
+        n = len(self.endpoints)
+        first = self._current % n
         unknown = False
-        refused = 0
+        refused: set[int] = set()
         errors: list[str] = []
-        while True:
+        for attempt in itertools.count():
             remaining = deadline - loop.time()
             if remaining <= 0.05:
                 break
-            endpoint = self.endpoints[self._current % len(self.endpoints)]
+            index = (first + attempt) % n
+            endpoint = self.endpoints[index]
             try:
                 async with self._session.post(
                         f"{endpoint}/v3/{method}", data=data,
                         timeout=aiohttp.ClientTimeout(total=min(self.request_timeout, remaining))) as resp:
                     payload = json.loads(await resp.read() or b"{}")
                 if resp.status == 200 and "error" not in payload:
+                    self._current = index  # stay with a member that answers
                     self._last_error = ""
                     return payload, unknown
                 code = int(payload.get("code", 2))
@@ -313,25 +321,25 @@ class EtcdStorage(Storage):
                 # no leader, leader changed, request timed out: the write may land later
                 unknown = unknown or method != "kv/range"
                 errors.append(f"{endpoint}: {message}")
-                refused = 0
+                refused.discard(index)
             except aiohttp.ClientConnectorError as err:
                 errors.append(f"{endpoint}: {err.os_error or err}")
-                refused += 1
-                if refused >= len(self.endpoints):
-                    break  # every member refused: fail now, not at the deadline
+                refused.add(index)
+                if len(refused) == n:
+                    break  # every member refused the connection: fail now, not at the deadline
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
                 errors.append(f"{endpoint}: {type(err).__name__} {err}".strip())
                 unknown = unknown or method != "kv/range"
-                refused = 0
+                refused.discard(index)
             if unknown and not guarded:
                 break
             log.info("etcd %s via %s failed (%s)%s; trying the next member", method, endpoint, errors[-1],
                      ", outcome unknown" if unknown else "")
-            self._current += 1  # next member
-            await asyncio.sleep(0.02 if refused == 0 else 0)
-        detail = "; ".join(errors[-len(self.endpoints):]) or "no answer"
+            if index == (first + n - 1) % n:
+                await asyncio.sleep(0.05)  # a full round failed: let an election finish
+        detail = "; ".join(errors[-n:]) or "no answer"
         self._last_error = detail
-        if refused >= len(self.endpoints) and not unknown:
+        if len(refused) == n and not unknown:
             raise EtcdUnavailableError(detail)
         raise EtcdTimeoutError(detail)
 
@@ -400,6 +408,10 @@ class EtcdStorage(Storage):
             if await self._wait_state(current, self.sync_timeout):
                 return self._cache_range(prefix, start, limit)
             log.debug("watch cache at %d behind etcd %d: ranging etcd", self._state_rev, current)
+            if self._watch_up and time.monotonic() - self._last_kick > 10:
+                # Revisions written outside the prefix, or a stream that silently
+                # stalled (a member cut off without a reset): a reconnect costs little.
+                self._kick_watch()
         elif revision == self._state_rev:
             return self._cache_range(prefix, start, limit)
         return await self._etcd_range(prefix, start, revision, limit)
@@ -619,7 +631,7 @@ class EtcdStorage(Storage):
             finally:
                 self._watch_up = False
                 self._watch_resp = None
-            self._current += 1  # try the next member
+            self._watch_index += 1  # try the next member
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
@@ -663,7 +675,7 @@ class EtcdStorage(Storage):
         raise StorageError(f"watch stream from {endpoint} ended")
 
     async def _watch_once(self) -> None:
-        endpoint = self.endpoints[self._current % len(self.endpoints)]
+        endpoint = self.endpoints[self._watch_index % len(self.endpoints)]
         async for r in self._stream(endpoint, self._space, self._space_end, self._event_rev + 1):
             self._on_message(r, endpoint)
 
@@ -681,6 +693,7 @@ class EtcdStorage(Storage):
         self._progress_rev = max(self._progress_rev, compacted)
 
     def _kick_watch(self) -> None:
+        self._last_kick = time.monotonic()
         if self._watch_resp is not None:
             self._watch_resp.close()
 
