@@ -333,8 +333,9 @@ class EtcdStorage(Storage):
                 refused.discard(index)
             if unknown and not guarded:
                 break
-            log.info("etcd %s via %s failed (%s)%s; trying the next member", method, endpoint, errors[-1],
-                     ", outcome unknown" if unknown else "")
+            (log.info if attempt == 0 else log.debug)(
+                "etcd %s via %s failed (%s)%s; trying the next member", method, endpoint, errors[-1],
+                ", outcome unknown" if unknown else "")
             if index == (first + n - 1) % n:
                 await asyncio.sleep(0.05)  # a full round failed: let an election finish
         detail = "; ".join(errors[-n:]) or "no answer"

@@ -302,3 +302,98 @@ async def test_a_write_whose_answer_was_lost_is_reported_once(etcd: EtcdCluster)
     finally:
         await store.close()
         await eater.close()
+
+
+class Cutter:
+    """A loopback TCP proxy to an etcd member that can cut every connection through it
+    and refuse new ones (a partition between one API server and etcd), then heal."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.cut = False
+        self.conns: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def partition(self) -> None:
+        self.cut = True
+        for w in list(self.conns):
+            w.transport.abort()
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.transport.abort()
+            return
+        up_r, up_w = await asyncio.open_connection(*self.upstream)
+        self.conns |= {writer, up_w}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+        tasks = [asyncio.create_task(pipe(reader, up_w)), asyncio.create_task(pipe(up_r, writer))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for w in (writer, up_w):
+                w.transport.abort()
+                self.conns.discard(w)
+
+    async def close(self) -> None:
+        self.partition()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_cache_relists_when_etcd_compacted_past_it(etcd: EtcdCluster) -> None:
+    """A server cut off from etcd while another compacts: on return its cache relists
+    (converges on the other's writes) and ends its open watches with CompactedError
+    (the API's 410), so clients relist too instead of silently missing events."""
+    from svcnet.controlplane.storage import CompactedError
+
+    cutter = Cutter(etcd.endpoints[0])
+    proxy = await cutter.start()
+    prefix = unique_prefix()
+    a = await EtcdStorage.open([proxy], prefix=prefix, deadline=1.0)
+    b = await EtcdStorage.open(etcd.endpoints, prefix=prefix)
+    try:
+        key = "/registry/services/specs/default/"
+        first = await a.create(key + "web", b"1")
+        watch = a.watch(key, first.revision + 1)
+        cutter.partition()
+        with pytest.raises(APIError) as info:
+            await a.get(key + "web")
+        assert info.value.code in (503, 504)
+        for _ in range(100):
+            if not a.ready:
+                break
+            await asyncio.sleep(0.05)
+        assert not a.ready
+        second = await b.update(key + "web", b"2", first.revision)
+        third = await b.create(key + "api", b"3")
+        await b.compact(third.revision)
+        cutter.cut = False  # heal
+        with pytest.raises(CompactedError):
+            await asyncio.wait_for(watch.next(), 15)
+        page = await a.range(key)
+        assert [(kv.key, kv.value) for kv in page.kvs] == [(key + "api", b"3"), (key + "web", b"2")]
+        assert page.revision >= third.revision and a.compact_revision >= third.revision
+        # new watches from the cache's revision work again
+        w2 = a.watch(key, page.revision + 1)
+        fourth = await b.delete(key + "api", third.revision)
+        ev = await w2.next(5)
+        assert ev is not None and ev.type == "DELETE" and ev.revision == fourth.revision
+        assert second.succeeded
+        w2.close()
+    finally:
+        await a.close()
+        await b.close()
+        await cutter.close()
