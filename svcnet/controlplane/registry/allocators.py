@@ -156,9 +156,7 @@ class AllocationPlan:
     def abort(self) -> None:
         """The write did not happen: give the picks back."""
         for ip in self.claim_ips:
-            off = self.allocator._offset(ip)
-            if off is not None:
-                self.allocator.ips.unreserve(off)
+            self.allocator.unreserve_ip(ip)
         for p in self.claim_ports:
             self.allocator.ports.unreserve(p)
 
@@ -179,21 +177,56 @@ def held_ports(svc: dict[str, Any]) -> set[int]:
     return out
 
 
-class ServiceAllocator:
-    """Allocates a Service's ClusterIP, NodePorts and healthCheckNodePort."""
+class IPRange:
+    """One service CIDR: its usable offsets and how they map to addresses."""
 
-    def __init__(self, service_cidr: str = "10.96.0.0/12", node_port_range: str = "30000-32767") -> None:
+    def __init__(self, cidr: str) -> None:
         try:
-            self.network = ipaddress.ip_network(service_cidr.strip(), strict=True)
+            self.network = ipaddress.ip_network(cidr.strip(), strict=True)
         except ValueError as err:
-            raise ValueError(f"invalid --service-cidr {service_cidr!r}: {err}") from None
+            raise ValueError(f"invalid --service-cidr {cidr!r}: {err}") from None
         size = self.network.num_addresses
         # IPv4 loses the network and broadcast addresses; IPv6 only the subnet-router
         # anycast (offset 0). Huge IPv6 ranges are capped as kube caps its bitmap.
         last = size - 2 if self.network.version == 4 else min(size - 1, (1 << 20))
         if last < 1:
-            raise ValueError(f"--service-cidr {service_cidr} is too small")
-        self.ips = OffsetRange(1, last, min(max(16, size // 16), 256))
+            raise ValueError(f"--service-cidr {cidr} is too small")
+        self.offsets = OffsetRange(1, last, min(max(16, size // 16), 256))
+        self.family = "IPv4" if self.network.version == 4 else "IPv6"
+
+    def offset(self, ip: str) -> int | None:
+        """The offset of `ip` in this range, None when it is not inside."""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if addr.version != self.network.version or addr not in self.network:
+            return None
+        off = int(addr) - int(self.network.network_address)
+        return off if self.offsets.contains(off) else None
+
+    def ip(self, offset: int) -> str:
+        return str(self.network.network_address + offset)
+
+
+class ServiceAllocator:
+    """Allocates a Service's ClusterIPs (one per IP family: `--service-cidr` holds one
+    CIDR, or two of different families for a dual-stack cluster, primary first),
+    NodePorts and healthCheckNodePort."""
+
+    def __init__(self, service_cidr: str = "10.96.0.0/12", node_port_range: str = "30000-32767") -> None:
+        cidrs = [c for c in service_cidr.split(",") if c.strip()]
+        if not 1 <= len(cidrs) <= 2:
+            raise ValueError(f"invalid --service-cidr {service_cidr!r}: want one CIDR, or two of "
+                             "different IP families")
+        ranges = [IPRange(c) for c in cidrs]
+        if len(ranges) == 2 and ranges[0].family == ranges[1].family:
+            raise ValueError(f"invalid --service-cidr {service_cidr!r}: the two CIDRs must be of "
+                             "different IP families")
+        self.ip_ranges: dict[str, IPRange] = {r.family: r for r in ranges}
+        self.families: tuple[str, ...] = tuple(r.family for r in ranges)
+        primary = ranges[0]
+        self.network, self.ips, self.family = primary.network, primary.offsets, primary.family
         try:
             lo_s, hi_s = node_port_range.split("-")
             lo, hi = int(lo_s), int(hi_s)
@@ -204,7 +237,22 @@ class ServiceAllocator:
         self.node_port_range = node_port_range
         n = hi - lo + 1
         self.ports = OffsetRange(lo, hi, min(max(16, n // 32), 128))
-        self.family = "IPv4" if self.network.version == 4 else "IPv6"
+
+    @property
+    def cidrs(self) -> list[str]:
+        return [str(r.network) for r in self.ip_ranges.values()]
+
+    def _range_of(self, ip: str) -> tuple[IPRange, int] | None:
+        for r in self.ip_ranges.values():
+            off = r.offset(ip)
+            if off is not None:
+                return r, off
+        return None
+
+    def unreserve_ip(self, ip: str) -> None:
+        found = self._range_of(ip)
+        if found is not None:
+            found[0].offsets.unreserve(found[1])
 
     # -- state ---------------------------------------------------------------------------
 
@@ -226,9 +274,9 @@ class ServiceAllocator:
                 pass
 
     def observe_ip(self, ip: str, present: bool, revision: int) -> None:
-        off = self._offset(ip)
-        if off is not None:
-            self.ips.observe(off, present, revision)
+        found = self._range_of(ip)
+        if found is not None:
+            found[0].offsets.observe(found[1], present, revision)
 
     async def follow(self, storage: Storage, start: int) -> None:
         """Track allocations other API servers make and release on a shared store
@@ -247,20 +295,8 @@ class ServiceAllocator:
                 w.close()
 
     def first_ip(self) -> str:
-        """The address of the `kubernetes` Service (the range's first usable IP)."""
+        """The address of the `kubernetes` Service (the primary range's first usable IP)."""
         return str(self.network.network_address + 1)
-
-    def _offset(self, ip: str) -> int | None:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return None
-        if addr not in self.network:
-            return None
-        return int(addr) - int(self.network.network_address)
-
-    def _ip(self, offset: int) -> str:
-        return str(self.network.network_address + offset)
 
     # -- planning ------------------------------------------------------------------------
 
@@ -288,38 +324,48 @@ class ServiceAllocator:
 
     def _plan_ip(self, svc: dict[str, Any], before: set[str], plan: AllocationPlan,
                  errs: list[FieldError]) -> None:
+        """One ClusterIP per entry of spec.ipFamilies: requested ones are claimed (422
+        when out of range or taken), missing ones picked from that family's range."""
         if not needs_cluster_ip(svc):
             return
         spec = svc["spec"]
-        ip = spec.get("clusterIP")
-        if ip == "None":
+        if spec.get("clusterIP") == "None":
             spec["clusterIPs"] = ["None"]
             return
-        if not ip:
-            try:
-                picked = self.ips.reserve_next()
-            except RangeFull:
-                raise APIError(500, "InternalError",
-                               "Internal error occurred: failed to allocate a serviceIP: range is full",
-                               {"causes": [{"message": "failed to allocate a serviceIP: range is full"}]}
-                               ) from None
-            ip = self._ip(picked)
-            plan.claim_ips.append(ip)
-            spec["clusterIP"] = ip
-            spec["clusterIPs"] = [ip]
-            return
-        if ip in before:
-            return
-        off = self._offset(ip)
-        if off is None or not self.ips.contains(off):
-            errs.append(invalid_value("spec.clusterIPs", spec.get("clusterIPs") or [ip],
-                                      f"failed to allocate IP {ip}: the provided IP ({ip}) is not "
-                                      f"in the valid range. The range of valid IPs is {self.network}"))
-        elif not self.ips.reserve(off):
-            errs.append(invalid_value("spec.clusterIPs", spec.get("clusterIPs") or [ip],
-                                      f"failed to allocate IP {ip}: provided IP is already allocated"))
-        else:
-            plan.claim_ips.append(ip)
+        families = spec.get("ipFamilies") or [self.family]
+        wanted = list(spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []))
+        got: list[str] = []
+        for i, fam in enumerate(families):
+            r = self.ip_ranges.get(fam)
+            if r is None:
+                continue  # validation rejected families this cluster does not have
+            ip = wanted[i] if i < len(wanted) else ""
+            if not ip:
+                try:
+                    ip = r.ip(r.offsets.reserve_next())
+                except RangeFull:
+                    msg = f"failed to allocate a serviceIP: range is full ({r.network})"
+                    raise APIError(500, "InternalError", f"Internal error occurred: {msg}",
+                                   {"causes": [{"message": msg}]}) from None
+                plan.claim_ips.append(ip)
+            elif ip not in before:
+                off = r.offset(ip)
+                if off is None:
+                    errs.append(invalid_value("spec.clusterIPs", wanted,
+                                              f"failed to allocate IP {ip}: the provided IP ({ip}) "
+                                              "is not in the valid range. The range of valid IPs "
+                                              f"is {r.network}"))
+                    continue
+                if not r.offsets.reserve(off):
+                    errs.append(invalid_value("spec.clusterIPs", wanted,
+                                              f"failed to allocate IP {ip}: provided IP is already "
+                                              "allocated"))
+                    continue
+                plan.claim_ips.append(ip)
+            got.append(ip)
+        if got and not errs:
+            spec["clusterIPs"] = got
+            spec["clusterIP"] = got[0]
 
     def _claim_port(self, value: int, path: str, before: set[int], plan: AllocationPlan,
                     errs: list[FieldError]) -> None:

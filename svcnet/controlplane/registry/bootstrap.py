@@ -34,7 +34,7 @@ async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> No
     for ns in BOOTSTRAP_NAMESPACES:
         await _ensure(reg, k.NAMESPACES, None, {"metadata": {"name": ns}}, lambda cur: None)
     await _ensure(reg, k.SERVICE_CIDRS, None, {
-        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": [reg.service_cidr]}},
+        "metadata": {"name": "kubernetes"}, "spec": {"cidrs": list(reg.service_cidrs)}},
         lambda cur: None)
     svc: Obj = {
         "metadata": {"name": "kubernetes", "namespace": "default",

@@ -94,8 +94,8 @@ class Registry:
     def __init__(self, storage: Storage, allocator: ServiceAllocator) -> None:
         self.storage = storage
         self.allocator = allocator
-        self.strategies = strategies_for_cluster(allocator.family)
-        self.service_cidr = str(allocator.network)
+        self.strategies = strategies_for_cluster(allocator.families)
+        self.service_cidrs = allocator.cidrs
         self.owners = OwnerIndex(storage)
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._gc_tasks: set[asyncio.Task[None]] = set()

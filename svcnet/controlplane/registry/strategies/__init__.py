@@ -20,11 +20,12 @@ from svcnet.controlplane.registry.strategies.validation import FieldError
 __all__ = ["Strategy", "FieldError", "strategies_for_cluster"]
 
 
-def strategies_for_cluster(primary_family: str = "IPv4") -> dict[KindInfo, Strategy]:
-    """One strategy per served kind; `primary_family` is the service CIDR's family."""
+def strategies_for_cluster(families: tuple[str, ...] = ("IPv4",)) -> dict[KindInfo, Strategy]:
+    """One strategy per served kind; `families` are the service CIDRs' IP families,
+    primary first (two on a dual-stack cluster)."""
     table: dict[KindInfo, Strategy] = {
         k.NAMESPACES: NamespaceStrategy(k.NAMESPACES),
-        k.SERVICES: ServiceStrategy(k.SERVICES, primary_family),
+        k.SERVICES: ServiceStrategy(k.SERVICES, families),
         k.PODS: PodStrategy(k.PODS),
         k.NODES: NodeStrategy(k.NODES),
         k.EVENTS: EventStrategy(k.EVENTS),

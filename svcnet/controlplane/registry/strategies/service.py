@@ -83,9 +83,10 @@ class ServiceStrategy(Strategy):
     name_validator = staticmethod(dns1035_label)
     allow_create_on_update = True
 
-    def __init__(self, kind: KindInfo, primary_family: str = "IPv4") -> None:
+    def __init__(self, kind: KindInfo, families: tuple[str, ...] = ("IPv4",)) -> None:
         super().__init__(kind)
-        self.primary_family = primary_family
+        self.families = families            # the cluster's, primary first
+        self.primary_family = families[0]
 
     def initial_status(self, obj: Obj) -> dict[str, Any] | None:
         return {"loadBalancer": {}}
@@ -151,11 +152,17 @@ class ServiceStrategy(Strategy):
         if spec.get("ipFamilyPolicy") is None:
             spec["ipFamilyPolicy"] = "SingleStack"
         if not families:
-            fam = None
-            first = (spec.get("clusterIPs") or [None])[0]
-            if isinstance(first, str) and first != "None":
-                fam = family_of(first)
-            spec["ipFamilies"] = [fam or self.primary_family]
+            # the families of requested IPs, else the cluster's primary family
+            requested = [family_of(v) for v in spec.get("clusterIPs") or []
+                         if isinstance(v, str) and v != "None"]
+            families = [f for f in requested if f] or [self.primary_family]
+            spec["ipFamilies"] = families
+        if (spec["ipFamilyPolicy"] in ("PreferDualStack", "RequireDualStack")
+                and len(self.families) == 2 and isinstance(families, list) and len(families) == 1
+                and families[0] in self.families):
+            # a dual-stack cluster gives a dual-stack Service its second family (and,
+            # through the allocator, its second ClusterIP)
+            spec["ipFamilies"] = [families[0], "IPv6" if families[0] == "IPv4" else "IPv4"]
 
     # -- update preparation ------------------------------------------------------------
 
@@ -165,6 +172,12 @@ class ServiceStrategy(Strategy):
             new["spec"] = {}
         self._patch_allocated_values(new, old)
         self._drop_type_dependent_fields(new, old)
+        ns = new["spec"]
+        if ns.get("ipFamilyPolicy") == "SingleStack" and ns.get("clusterIP") != "None":
+            # dual-stack -> single-stack: keep the primary family and its ClusterIP
+            for field in ("ipFamilies", "clusterIPs"):
+                if isinstance(ns.get(field), list) and len(ns[field]) > 1:
+                    ns[field] = ns[field][:1]
         if svc_type(new) != "LoadBalancer" and isinstance(new.get("status"), dict):
             new["status"]["loadBalancer"] = {}
 
@@ -381,16 +394,19 @@ class ServiceStrategy(Strategy):
                                       "must be 'RequireDualStack' or 'PreferDualStack' when "
                                       "multiple IP families are specified"))
         headless_selectorless = spec.get("clusterIP") == "None" and not spec.get("selector")
+        ips = [v for v in spec.get("clusterIPs") or [] if isinstance(v, str) and v != "None"]
+        if policy == "SingleStack" and len(ips) > 1:
+            errs.append(invalid_value("spec.ipFamilyPolicy", policy,
+                                      "must be 'RequireDualStack' or 'PreferDualStack' when "
+                                      "multiple 'clusterIPs' are specified"))
         if not headless_selectorless and not errs:
-            # This cluster is single-stack: one service CIDR, one family.
-            if policy == "RequireDualStack":
+            if policy == "RequireDualStack" and len(self.families) < 2:
                 errs.append(invalid_value("spec.ipFamilyPolicy", policy,
                                           "this cluster is not configured for dual-stack services"))
             for i, fam in enumerate(fams):
-                if fam != self.primary_family:
+                if fam not in self.families:
                     errs.append(invalid_value(f"spec.ipFamilies[{i}]", fam,
                                               "not configured on this cluster"))
-            ips = [v for v in spec.get("clusterIPs") or [] if isinstance(v, str) and v != "None"]
             for i, value in enumerate(ips):
                 fam = family_of(value)
                 if fam and i < len(fams) and fam != fams[i]:
@@ -449,6 +465,8 @@ class ServiceStrategy(Strategy):
             new_ips = ns.get("clusterIPs") or []
             if old_ips and new_ips[:1] != old_ips[:1]:
                 errs.append(invalid_value("spec.clusterIPs[0]", new_ips, "may not change once set"))
+            if len(old_ips) > 1 and len(new_ips) > 1 and new_ips[1] != old_ips[1]:
+                errs.append(invalid_value("spec.clusterIPs[1]", new_ips, "may not change once set"))
             old_fams, new_fams = os_.get("ipFamilies") or [], ns.get("ipFamilies") or []
             if old_fams and new_fams and old_fams[0] != new_fams[0]:
                 errs.append(invalid_value("spec.ipFamilies[0]", new_fams[0], "may not change once set"))
