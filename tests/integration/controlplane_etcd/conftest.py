@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,12 +18,20 @@ import pytest
 from svcnet.controlplane.registry.allocators import ServiceAllocator
 from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.storage.etcd import EtcdStorage
-from svcnet.controlplane.storage.etcd_process import EtcdCluster
-
-pytestmark = pytest.mark.skipif(shutil.which("etcd") is None and not os.access("/usr/bin/etcd", os.X_OK),
-                                reason="etcd is not installed (Debian package etcd-server)")
+from svcnet.controlplane.storage.etcd_process import EtcdCluster, EtcdNotFound, etcd_binary
 
 _prefixes = itertools.count()
+
+
+def have_etcd() -> bool:
+    try:
+        etcd_binary()
+    except EtcdNotFound:
+        return False
+    return True
+
+
+needs_etcd = pytest.mark.skipif(not have_etcd(), reason="etcd is not installed (Debian package etcd-server)")
 
 
 def unique_prefix() -> str:
@@ -33,8 +40,10 @@ def unique_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    if shutil.which("etcd") is None and not os.access("/usr/bin/etcd", os.X_OK):
-        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    try:
+        etcd_binary()
+    except EtcdNotFound as err:
+        pytest.skip(str(err))
     with EtcdCluster(tmp_path_factory.mktemp("etcd"), members=1) as cluster:
         yield cluster
 

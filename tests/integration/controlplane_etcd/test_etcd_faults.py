@@ -29,9 +29,9 @@ from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.storage.etcd import EtcdStorage
 from svcnet.controlplane.storage.etcd_process import EtcdCluster
 
-from .conftest import unique_prefix
+from .conftest import needs_etcd, unique_prefix
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_etcd]
 
 
 def leader_index(cluster: EtcdCluster) -> int:
