@@ -7,6 +7,7 @@
     svcnet lab kubeconfig           # prints the path; export KUBECONFIG=$(svcnet lab kubeconfig)
     svcnet lab logs [COMPONENT]     # apiserver, controller-manager, node-agent-<node>, proxy-<node>, …
     svcnet lab down [--dry-run]
+    svcnet lab loadbalancer --kubeconfig F --pool CIDR   # LoadBalancer IPs (lab up starts it)
 
 Every flag can also come from the environment as SVCNET_LAB_<FLAG> (containerlab's
 CLAB_<CMD>_<FLAG>), e.g. SVCNET_LAB_NAME=demo.
@@ -39,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--dry-run", action="store_true", help="print the plan (as ip commands) and stop")
     up.add_argument("--timeout", type=float, default=float(_env("timeout", 180)),
                     help="seconds to wait for each step (default 180)")
+    lb = sub.add_parser("loadbalancer", help="hand out LoadBalancer IPs from a pool (lab up runs it)")
+    from svcnet.lab.loadbalancer import configure as lb_configure
+    lb_configure(lb)
     for name, help_text in (("down", "remove everything the lab created"),
                             ("status", "nodes, pods and Services with their endpoints"),
                             ("kubeconfig", "print the path of the lab's kubeconfig"),
@@ -66,6 +70,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.lab_command == "up":
             return _up(args, status)
+        if args.lab_command == "loadbalancer":
+            from svcnet.lab.loadbalancer import run as lb_run
+            return lb_run(args)
         name = _lab_name(args, status)
         if name is None:
             return 0 if args.lab_command == "down" else 1

@@ -2,8 +2,8 @@
 command line a person would type.
 
     Preparing nodes            namespaces, underlay bridge, routes (plan.py)
-    Starting control plane     svcnet apiserver + controller-manager on the control-plane node,
-                               a port forward to 127.0.0.1 for kubectl on the host
+    Starting control plane     svcnet apiserver + controller-manager + lab loadbalancer on the
+                               control-plane node, a port forward to 127.0.0.1 for kubectl
     Starting node agents       svcnet node-agent on every node; waits for Nodes Ready
     Starting proxies           svcnet proxy --proxy-mode <mode> on every node
     Installing DNS             kube-dns Service (clusterDNS) + svcnet/dns Deployment; waits Ready
@@ -197,6 +197,9 @@ class LabUp:
             self._write_kubeconfig(self.paths.local_kubeconfig, f"https://127.0.0.1:{topo.apiserver_port}")
             self.start("controller-manager", cp.name, self.svcnet(
                 "controller-manager", "--kubeconfig", str(self.paths.local_kubeconfig)))
+            self.start("loadbalancer", cp.name, self.svcnet(
+                "lab", "loadbalancer", "--kubeconfig", str(self.paths.local_kubeconfig),
+                "--pool", str(net.load_balancer_pool)))
 
         from svcnet.apiclient.client import RestClient
 

@@ -23,6 +23,23 @@ from svcnet.lab.teardown import processes_in_netns
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl]
 
 PY = sys.executable
+HEADLESS = """
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: 8080}]
+""" + "".join(f"""---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-{i}, labels: {{app: db}}}}
+spec:
+  hostname: db-{i}
+  subdomain: db
+  containers: [{{name: echo, image: svcnet/echo, ports: [{{containerPort: 8080}}]}}]
+""" for i in range(2))
 
 
 class Lab:
@@ -41,6 +58,11 @@ class Lab:
         r = subprocess.run(["kubectl", *args], env=self.env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
         return r.stdout
+
+    def kubectl_apply(self, text: str) -> None:
+        r = subprocess.run(["kubectl", "apply", "-f", "-"], input=text, env=self.env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
 
     def json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json"))
@@ -128,6 +150,32 @@ def test_walkthrough(lab: Lab) -> None:
         got = lab.py("external", f"import socket; s=socket.create_connection(('{ip}',{node_port}),timeout=3); "
                                  "s.sendall(b'hostname\\n'); print(s.recv(200).decode().strip())")
         assert got in names
+
+    # a LoadBalancer IP from the lab's pool, reached from outside through the nodes
+    lab.kubectl("expose", "deployment", "web", "--name", "web-lb", "--type", "LoadBalancer", "--port", "80",
+                "--target-port", "8080")
+    lb_ip = lab.until("a LoadBalancer IP", lambda: ((lab.json("get", "svc", "web-lb").get("status") or {})
+                                                    .get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip"))
+    assert lb_ip.startswith("172.19.0.")
+    # Until every proxy has programmed the new IP, a node without a rule for it
+    # answers "network unreachable" (it has no route for the pool): wait for that.
+    probe = f"import socket; socket.create_connection(('{lb_ip}',80),timeout=3)"
+    lab.until("the LB IP to be programmed on every node",
+              lambda: all(lab.svcnet("exec", "external", "--", PY, "-c", probe, check=False).returncode == 0
+                          for _ in range(6)))
+    got_lb = lab.py("external", "import socket\nfor i in range(12):\n s=socket.create_connection(('"
+                    + lb_ip + "',80),timeout=3)\n s.sendall(b'hostname\\n'); print(s.recv(200).decode().strip())")
+    assert set(got_lb.split()) <= names and len(set(got_lb.split())) >= 2
+
+    # a headless Service: A records are the pods, and hostname/subdomain give per-pod names
+    lab.kubectl_apply(HEADLESS)
+    lab.until("headless endpoints", lambda: len(lab.ready_endpoints("db")) == 2)
+    db_ips = {p["status"]["podIP"] for p in lab.json("get", "pods", "-l", "app=db")["items"]}
+    client = next(iter(by_node.values()))
+    assert set(lab.exec(client, "dig", "+short", "+search", "db").split()) == db_ips
+    db0 = lab.json("get", "pod", "db-0")["status"]["podIP"]
+    assert lab.exec(client, "dig", "+short", "db-0.db.default.svc.cluster.local") == db0
+    assert lab.exec("db-1", "getent", "hosts", "db-1").split()[0] == lab.json("get", "pod", "db-1")["status"]["podIP"]
 
     # status shows frontends -> endpoints, also as JSON
     status = json.loads(lab.svcnet("status", "--name", lab.name, "--format", "json").stdout)

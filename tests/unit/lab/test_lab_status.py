@@ -39,3 +39,28 @@ def test_progress_marks_steps_without_a_tty():
     lines = out.getvalue().splitlines()
     assert lines[0] == " • Preparing nodes ..." and lines[1].startswith(" ✓ Preparing nodes")
     assert lines[3].startswith(" ✗ Starting")
+
+
+def test_loadbalancer_plan_keeps_assigns_honours_and_releases():
+    import ipaddress
+
+    from svcnet.lab.loadbalancer import plan
+
+    pool = ipaddress.IPv4Network("172.19.0.0/29")  # .1-.6
+
+    def svc(name, type_="LoadBalancer", ip=None, asked=None, cls=None):
+        spec = {"type": type_}
+        if asked:
+            spec["loadBalancerIP"] = asked
+        if cls:
+            spec["loadBalancerClass"] = cls
+        st = {"loadBalancer": {"ingress": [{"ip": ip}]}} if ip else {}
+        return {"metadata": {"name": name, "namespace": "default"}, "spec": spec, "status": st}
+
+    changes = plan([svc("a", ip="172.19.0.1"), svc("b"), svc("c", asked="172.19.0.5"), svc("d", cls="other"),
+                    svc("e", type_="ClusterIP", ip="172.19.0.6"), svc("f", ip="10.0.0.1")], pool)
+    assert changes == {"default/b": "172.19.0.2", "default/c": "172.19.0.5", "default/e": None,
+                       "default/f": "172.19.0.3"}
+    full = [svc(str(i)) for i in range(8)]
+    assert list(plan(full, pool).values()).count(None) == 0  # unassignable ones are simply not listed
+    assert len(plan(full, pool)) == 6
