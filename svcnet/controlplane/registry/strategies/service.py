@@ -127,7 +127,8 @@ class ServiceStrategy(Strategy):
         self._default_ip_fields(obj, spec)
 
     def _default_ip_fields(self, obj: Obj, spec: dict[str, Any]) -> None:
-        """clusterIP/clusterIPs agree; ipFamilies/ipFamilyPolicy from the cluster's family."""
+        """clusterIP/clusterIPs agree; ipFamilies/ipFamilyPolicy from the cluster's families
+        (the registry part of kube's Service defaulting: initIPFamilyFields)."""
         if spec["type"] == "ExternalName":
             return
         ip, ips = spec.get("clusterIP"), spec.get("clusterIPs")
