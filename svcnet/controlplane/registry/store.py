@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import contextlib
 import copy
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
@@ -58,7 +59,7 @@ from svcnet.controlplane.registry.strategies.validation import (
     FieldError, forbidden, object_meta_update, raise_invalid,
 )
 from svcnet.controlplane.storage.interface import (
-    CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, Storage,
+    CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, Storage, StorageError,
 )
 from svcnet.controlplane.storage.sqlite import SQLiteStorage
 
@@ -74,6 +75,27 @@ _PATCH_TYPES = (
     "application/json-patch+json", "application/merge-patch+json",
     "application/strategic-merge-patch+json", "application/apply-patch+yaml",
 )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _internal_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Every failure leaves the Registry as an APIError: a storage failure (disk full,
+    a closed store) becomes 500 InternalError with the cause, as kube-apiserver reports
+    etcd errors it cannot classify."""
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except APIError:
+            raise
+        except StorageError as err:
+            log.error("storage failure in %s: %s", fn.__name__, err)
+            raise APIError(500, "InternalError", f"Internal error occurred: {err}",
+                           {"causes": [{"message": str(err)}]}) from err
+    return wrapper
 
 
 class Registry:
@@ -147,6 +169,7 @@ class Registry:
     def current_revision(self) -> int:
         return self.storage.revision
 
+    @_internal_errors
     async def object_counts(self) -> dict[str, int]:
         """Stored objects per resource (`services`, `endpointslices.discovery.k8s.io`, ...),
         for kube-apiserver's `apiserver_storage_objects{resource}` gauge."""
@@ -182,6 +205,7 @@ class Registry:
     def _ns(kind: KindInfo, namespace: str | None) -> str | None:
         return namespace or None if kind.namespaced else None
 
+    @_internal_errors
     async def get(self, kind: KindInfo, namespace: str | None, name: str, *,
                   subresource: str | None = None) -> Obj:
         """The object; with subresource "scale" its autoscaling/v1 Scale (status and
@@ -206,6 +230,7 @@ class Registry:
             return None
         return lambda obj: ls.matches((obj.get("metadata") or {}).get("labels") or {}) and fs.matches(obj)
 
+    @_internal_errors
     async def list(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
                    field_selector: str = "", limit: int = 0, continue_token: str = "",
                    resource_version: str = "") -> Obj:
@@ -357,6 +382,7 @@ class Registry:
                                      subresource=subresource or "",
                                      reset_fields=_reset_fields(kind, subresource))
 
+    @_internal_errors
     async def create(self, kind: KindInfo, namespace: str | None, obj: Obj, *, dry_run: bool = False,
                      field_manager: str = "", field_validation: str = "Strict"
                      ) -> tuple[Obj, builtins.list[str]]:
@@ -448,6 +474,7 @@ class Registry:
 
     # -- update --------------------------------------------------------------------------
 
+    @_internal_errors
     async def update(self, kind: KindInfo, namespace: str | None, name: str, obj: Obj, *,
                      subresource: str | None = None, dry_run: bool = False, field_manager: str = "",
                      field_validation: str = "Strict") -> tuple[Obj, builtins.list[str]]:
@@ -577,6 +604,7 @@ class Registry:
 
     # -- patch ---------------------------------------------------------------------------
 
+    @_internal_errors
     async def patch(self, kind: KindInfo, namespace: str | None, name: str, patch_type: str,
                     body: bytes, *, subresource: str | None = None, dry_run: bool = False,
                     field_manager: str = "", force: bool = False, field_validation: str = "Strict"
@@ -675,16 +703,19 @@ class Registry:
 
     # -- pod subresources that are POSTed ----------------------------------------------
 
+    @_internal_errors
     async def bind(self, namespace: str, name: str, binding: Obj, *, dry_run: bool = False) -> Obj:
         """POST pods/NAME/binding (see `subresources.bind`)."""
         return await subresources.bind(self, namespace, name, binding, dry_run=dry_run)
 
+    @_internal_errors
     async def evict(self, namespace: str, name: str, eviction: Obj, *, dry_run: bool = False) -> Obj:
         """POST pods/NAME/eviction (see `subresources.evict`)."""
         return await subresources.evict(self, namespace, name, eviction, dry_run=dry_run)
 
     # -- delete --------------------------------------------------------------------------
 
+    @_internal_errors
     async def delete(self, kind: KindInfo, namespace: str | None, name: str, *,
                      options: dict[str, Any] | None = None, dry_run: bool = False) -> Obj:
         strategy = self._strategy(kind)
@@ -798,6 +829,7 @@ class Registry:
             await lifecycle.maybe_finalize_namespace(self, ns)
         return out
 
+    @_internal_errors
     async def delete_collection(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
                                 field_selector: str = "", dry_run: bool = False) -> Obj:
         listed = await self.list(kind, namespace, label_selector=label_selector,

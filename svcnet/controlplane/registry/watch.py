@@ -24,10 +24,10 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from svcnet.controlplane.errors import bad_request, gone
+from svcnet.controlplane.errors import APIError, bad_request, gone
 from svcnet.controlplane.registry import codec
 from svcnet.controlplane.registry.kinds import KindInfo
-from svcnet.controlplane.storage.interface import CompactedError, Storage, WatchClosed
+from svcnet.controlplane.storage.interface import CompactedError, Storage, StorageError, WatchClosed
 
 Obj = dict[str, Any]
 
@@ -79,6 +79,10 @@ async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
                 raise gone(f"too old resource version: {requested} ({err.compact_revision})") from None
             except WatchClosed:
                 return
+            except StorageError as err:
+                if isinstance(err, APIError):
+                    raise
+                raise APIError(500, "InternalError", f"Internal error occurred: {err}") from err
             if ev is None:
                 yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
                                    "metadata": {"resourceVersion": str(w.progress_revision)}}

@@ -541,3 +541,13 @@ async def test_object_counts(registry: Registry) -> None:
     counts = await registry.object_counts()
     assert counts["services"] == 2 and counts["namespaces"] == 4
     assert counts["endpointslices.discovery.k8s.io"] == 1 and counts["pods"] == 0
+
+
+async def test_storage_failures_are_api_errors(registry: Registry) -> None:
+    await registry.storage.close()
+    with pytest.raises(APIError) as info:
+        await registry.get(k.SERVICES, "default", "kubernetes")
+    assert info.value.code == 500 and info.value.reason == "InternalError"
+    with pytest.raises(APIError) as info:
+        await registry.create(k.SERVICES, "default", svc("web"))
+    assert info.value.code == 500
