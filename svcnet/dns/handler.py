@@ -132,6 +132,8 @@ class Handler:
                 if len(cache) >= RESPONSE_CACHE_LIMIT:
                     cache.clear()  # a flood of distinct spellings must not grow memory
                 cache[data[2:]] = (reply[2:], label)
+                where.stats.observe(label, time.perf_counter() - start)
+                return replies
         label = table.id(where.server, where.proto, where.family, q.qtype, rcode, plugin)
         where.stats.observe(label, time.perf_counter() - start)
         return replies

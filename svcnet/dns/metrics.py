@@ -47,24 +47,27 @@ class LabelTable:
     """Interns (server, proto, family, type, rcode, plugin) tuples as small integers."""
 
     def __init__(self) -> None:
+        self._raw: dict[tuple[str, str, str, int, int, str], int] = {}
         self._ids: dict[tuple[str, str, str, str, str, str], int] = {}
         self.labels: list[tuple[str, str, str, str, str, str]] = []
         self._lock = threading.Lock()
 
     def id(self, server: str, proto: str, family: str, qtype: int, rcode: int, plugin: str) -> int:
-        key = (server, proto, family, type_name(qtype), rcode_name(rcode), plugin)
-        found = self._ids.get(key)
+        raw = (server, proto, family, qtype, rcode, plugin)
+        found = self._raw.get(raw)
         if found is not None:
             return found
         with self._lock:
+            key = (server, proto, family, type_name(qtype), rcode_name(rcode), plugin)
             found = self._ids.get(key)
             if found is None:
                 if len(self.labels) >= MAX_LABEL_SETS:
-                    key = (server, proto, family, "other", "other", plugin)
-                    return self._ids.setdefault(key, 0)
+                    return 0
                 found = len(self.labels)
                 self._ids[key] = found
                 self.labels.append(key)
+            if len(self._raw) < 4 * MAX_LABEL_SETS:  # unknown qtypes all map to "other"
+                self._raw[raw] = found
         return found
 
 

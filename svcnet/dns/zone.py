@@ -176,6 +176,7 @@ class Zone:
         self.index = index
         # longest zone first, so `match` finds the most specific one
         self._by_length = sorted(config.zones, key=lambda z: -len(z.wire))
+        self._soa_cache: dict[tuple[bytes, int], RR] = {}
 
     # -- which zone ------------------------------------------------------------
 
@@ -200,10 +201,18 @@ class Zone:
     # -- the soa and ns records ------------------------------------------------
 
     def soa(self, zone: ServedZone) -> RR:
-        ttl = self.config.ttl
-        return wire.rr_soa(zone.wire, min(ttl, 300), _wire(("ns", "dns") + zone.labels),
-                           _wire(("hostmaster",) + zone.labels), self.index.serial,
-                           7200, 1800, 86400, ttl)
+        """The zone's SOA (every negative answer carries one, so it is memoised per serial)."""
+        key = (zone.wire, self.index.serial)
+        rr = self._soa_cache.get(key)
+        if rr is None:
+            ttl = self.config.ttl
+            rr = wire.rr_soa(zone.wire, min(ttl, 300), _wire(("ns", "dns") + zone.labels),
+                             _wire(("hostmaster",) + zone.labels), self.index.serial,
+                             7200, 1800, 86400, ttl)
+            if len(self._soa_cache) > 64:
+                self._soa_cache.clear()
+            self._soa_cache[key] = rr
+        return rr
 
     def ns_addresses(self, zone: ServedZone) -> list[tuple[tuple[str, ...], str]]:
         """(name labels, address) for each server address (CoreDNS `nsAddrs`)."""
