@@ -24,6 +24,7 @@ class FakeIptables:
             f: {t: {c: [] for c in cs} for t, cs in BUILTIN.items()} for f in (4, 6)}
         self.calls: list[tuple[list[str], str | None]] = []
         self.fail_next: str | None = None
+        self.sets = ""  # `nft list sets` output
 
     def restores(self) -> list[str]:
         return [stdin or "" for argv, stdin in self.calls if "restore" in argv[0]]
@@ -36,19 +37,18 @@ class FakeIptables:
         if argv[1:] == ["-V"]:
             return Result(0, f"iptables v1.8.9 ({self.variant})\n", "")
         if tool == "nft":
-            return Result(0, self.nft_list_chains(), "")
+            return Result(0, self.nft_list_chains() if argv[2] == "chains" else self.sets, "")
         if "restore" in tool:
-            assert "--noflush" in argv, argv
             if self.fail_next is not None:
                 msg, self.fail_next = self.fail_next, None
                 return Result(1, "", msg)
-            return self.restore(family, stdin or "")
+            return self.restore(family, stdin or "", flush="--noflush" not in argv)
         if "save" in tool:
             return Result(0, self.save(family, argv[argv.index("-t") + 1]), "")
         if "-S" in argv:
             table, chain = argv[argv.index("-t") + 1], argv[argv.index("-S") + 1]
             rules = self.tables[family][table].get(chain, [])
-            return Result(0, "".join(f"-A {chain} {r}\n" for r in rules), "")
+            return Result(0, f"-P {chain} ACCEPT\n" + "".join(f"-A {chain} {r}\n" for r in rules), "")
         raise AssertionError(f"unexpected command {argv}")
 
     def save(self, family: int, table: str) -> str:
@@ -66,16 +66,21 @@ class FakeIptables:
                 out.append("}\n")
         return "".join(out)
 
-    def restore(self, family: int, payload: str) -> Result:
+    def restore(self, family: int, payload: str, flush: bool = False) -> Result:
+        """Without --noflush each `*table` starts from empty built-in chains."""
+        self.flushes = getattr(self, "flushes", 0) + flush
         state = copy.deepcopy(self.tables[family])
         table: dict[str, list[str]] | None = None
+        tname = ""
         for n, line in enumerate(payload.splitlines(), 1):
             def fail(why: str) -> Result:
                 return Result(2, "", f"iptables-restore v1.8.9 ({self.variant}): {why}\nError occurred at line: {n}\n")
             if not line or line.startswith("#"):
                 continue
             if line.startswith("*"):
-                table = state[line[1:]]
+                if flush:
+                    state[line[1:]] = {c: [] for c in BUILTIN[line[1:]]}
+                table, tname = state[line[1:]], line[1:]
                 continue
             if line == "COMMIT":
                 for chain, rules in (table or {}).items():
@@ -87,7 +92,10 @@ class FakeIptables:
                 continue
             assert table is not None, f"line outside a table: {line}"
             if line.startswith(":"):
-                table[line[1:].split()[0]] = []  # create, or flush in --noflush mode
+                name = line[1:].split()[0]
+                if name in BUILTIN[tname] and not flush:
+                    return fail("built-in chain declared in --noflush mode")
+                table[name] = []  # create, or flush in --noflush mode
                 continue
             op, chain, *rest = line.split(" ", 2)
             spec = rest[0] if rest else ""

@@ -55,11 +55,13 @@ def writer(fake: FakeIptables) -> RestoreWriter:
 
 def test_detects_the_backend_and_uses_its_restore() -> None:
     assert detect_tools(FakeIptables("legacy")).variant == "legacy"
-    fake = FakeIptables("nf_tables")
+    fake = FakeIptables("legacy")
+    fake.tables[4]["filter"]["INPUT"].append("-j ACCEPT")
     w = writer(fake)
     sync(w, objects(2), None, None, full=True)
     argv = [a for a, _ in fake.calls if "restore" in a[0]][0]
-    assert argv[0] in ("iptables-nft-restore", "iptables-restore") and "--noflush" in argv
+    assert argv[0] in ("iptables-legacy-restore", "iptables-restore") and "--noflush" in argv
+    assert any("save" in a[0] for a, _ in fake.calls), "legacy is read back with iptables-legacy-save"
     assert Tools("legacy").restore(6)[0] in ("ip6tables-legacy-restore", "ip6tables-restore")
 
 
@@ -179,3 +181,36 @@ def test_cleanup_removes_our_chains_and_jumps_only() -> None:
         assert not [r for rules in fake.tables[4][t].values() for r in rules if "SVCNET-" in r]
     assert fake.tables[4]["filter"]["INPUT"] == ["-s 192.0.2.1/32 -j ACCEPT"]
     assert fake.tables[4]["nat"]["OTHER"] == ["-j RETURN"]
+
+
+def test_tables_holding_only_svcnet_rules_are_replaced_whole_on_iptables_nft() -> None:
+    fake = FakeIptables("nf_tables")
+    w = writer(fake)
+    objs = objects(3)
+    rs = sync(w, objs, None, None, full=True)
+    argv = [a for a, _ in fake.calls if "restore" in a[0]][-1]
+    assert "--noflush" not in argv, "empty tables: the fast flushing restore"
+    kernel_equals_desired(fake, rs)
+    assert fake.tables[4]["nat"]["PREROUTING"] == ['-m comment --comment "svcnet service portals" -j SVCNET-SERVICES']
+    # partial writes always use --noflush
+    objs[1] = eps("s0", ep("10.244.0.7"))
+    rs = sync(w, objs, rs, {"s0"})
+    assert "--noflush" in [a for a, _ in fake.calls if "restore" in a[0]][-1]
+    kernel_equals_desired(fake, rs)
+
+
+@pytest.mark.parametrize("foreign", ["rule", "chain", "set"])
+def test_anything_foreign_in_the_tables_means_noflush(foreign: str) -> None:
+    fake = FakeIptables("nf_tables")
+    if foreign == "rule":
+        fake.tables[4]["nat"]["INPUT"].append("-s 192.0.2.1/32 -j ACCEPT")
+    elif foreign == "chain":
+        fake.tables[4]["filter"]["DOCKER"] = []
+    else:
+        fake.sets = "table ip nat {\n\tset blocked {\n\t\ttype ipv4_addr\n\t}\n}\n"
+    w = writer(fake)
+    rs = sync(w, objects(2), None, None, full=True)
+    assert "--noflush" in [a for a, _ in fake.calls if "restore" in a[0]][-1]
+    kernel_equals_desired(fake, rs)
+    if foreign == "rule":
+        assert fake.tables[4]["nat"]["INPUT"] == ["-s 192.0.2.1/32 -j ACCEPT"]
