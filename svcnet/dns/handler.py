@@ -33,7 +33,7 @@ from svcnet.dns.forward import ForwardError, Forwarder
 from svcnet.dns.metrics import Metrics, QueryStats
 from svcnet.dns.transfer import transfer_records
 from svcnet.dns.wire import RR, Query
-from svcnet.dns.zone import ServedZone, Zone
+from svcnet.dns.zone import Result, ServedZone, Zone
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +90,59 @@ class Handler:
 
     # -- entry point -------------------------------------------------------------
 
-    async def handle(self, data: bytes, where: Listener, client_ip: str) -> list[bytes]:
-        """Reply messages for one query (several for a zone transfer, none to drop it)."""
+    def handle_now(self, data: bytes, where: Listener, client_ip: str) -> list[bytes] | None:
+        """Reply messages if they can be made without waiting (everything but forwarding,
+        out-of-zone CNAME targets and autopath walks), else None: then await `handle()`.
+
+        Most cache misses are cluster names; answering them here spares the event loop
+        a Task per query."""
         start = time.perf_counter()
-        table = self.metrics.table
         data = bytes(data)
+        q, early = self._begin(data, where, client_ip, start)
+        if q is None:
+            return early
+        try:
+            out = self._resolve_now(q, client_ip)
+        except Exception:
+            out = self._crashed(q)
+        if out is None:
+            return None
+        return self._finish(data, q, out, where, start)
+
+    async def handle(self, data: bytes, where: Listener, client_ip: str, now_tried: bool = False) -> list[bytes]:
+        """Reply messages for one query (several for a zone transfer, none to drop it).
+
+        `now_tried`: the caller already got None from `handle_now` for these bytes."""
+        if not now_tried:
+            replies = self.handle_now(data, where, client_ip)
+            if replies is not None:
+                return replies
+        start = time.perf_counter()
+        data = bytes(data)
+        q = wire.parse_query(data)  # handle_now read it already: it parses
+        try:
+            out = await self._resolve(q, q.lname, client_ip)
+        except Exception:
+            out = self._crashed(q)
+        return self._finish(data, q, out, where, start)
+
+    def _begin(self, data: bytes, where: Listener, client_ip: str,
+               start: float) -> tuple[Query | None, list[bytes]]:
+        """Parse; the query, or (None, the replies) when it is answered without a lookup."""
+        table = self.metrics.table
         try:
             q = wire.parse_query(data)
         except wire.DropError:
-            return []
+            return None, []
         except wire.FormError as e:
             pq = wire.query_of(e)
             reply = wire.simple_reply(pq, wire.FORMERR, edns_ok=False) if pq else wire.formerr_for(data)
             if reply is None:
-                return []
+                return None, []
             qtype = pq.qtype if pq else 0
             where.stats.observe(table.id(where.server, where.proto, where.family, qtype, wire.FORMERR, ""),
                                 time.perf_counter() - start)
-            return [reply]
+            return None, [reply]
         if q.opcode != 0:
             replies, rcode, plugin = [wire.simple_reply(q, wire.NOTIMP)], wire.NOTIMP, ""
         elif q.edns is not None and q.edns.version > 0:
@@ -116,29 +151,49 @@ class Handler:
             replies, rcode = self._transfer(q, where.proto, client_ip)
             plugin = "transfer"
         else:
-            max_size = wire.MAX_TCP if where.proto == "tcp" else (q.edns.limit if q.edns else wire.MIN_UDP)
-            try:
-                out = await self._resolve(q, q.lname, client_ip)
-            except Exception:
-                # A bug must cost one SERVFAIL, never the server (CoreDNS counts panics).
-                log.exception("answering failed name=%s type=%d", wire.wire_to_text(q.qname), q.qtype)
-                self.metrics.panics.inc()
-                out = Outcome(wire.SERVFAIL, plugin="", cacheable=False)
-            reply = self._encode(q, out, max_size)
-            replies, rcode, plugin = [reply], out.rcode, out.plugin
-            if out.cacheable:
-                label = table.id(where.server, where.proto, where.family, q.qtype, rcode, plugin)
-                cache = self.tcp_cache if where.proto == "tcp" else self.udp_cache
-                if len(cache) >= RESPONSE_CACHE_LIMIT:
-                    cache.clear()  # a flood of distinct spellings must not grow memory
-                cache[data[2:]] = (reply[2:], label)
-                where.stats.observe(label, time.perf_counter() - start)
-                return replies
+            return q, []
         label = table.id(where.server, where.proto, where.family, q.qtype, rcode, plugin)
         where.stats.observe(label, time.perf_counter() - start)
-        return replies
+        return None, replies
+
+    def _crashed(self, q: Query) -> Outcome:
+        # A bug must cost one SERVFAIL, never the server (CoreDNS counts panics).
+        log.exception("answering failed name=%s type=%d", wire.wire_to_text(q.qname), q.qtype)
+        self.metrics.panics.inc()
+        return Outcome(wire.SERVFAIL, plugin="", cacheable=False)
+
+    def _finish(self, data: bytes, q: Query, out: Outcome, where: Listener, start: float) -> list[bytes]:
+        """Write the reply, remember it when it depends only on the query bytes, count it."""
+        max_size = wire.MAX_TCP if where.proto == "tcp" else (q.edns.limit if q.edns else wire.MIN_UDP)
+        reply = self._encode(q, out, max_size)
+        label = self.metrics.table.id(where.server, where.proto, where.family, q.qtype, out.rcode, out.plugin)
+        if out.cacheable:
+            cache = self.tcp_cache if where.proto == "tcp" else self.udp_cache
+            if len(cache) >= RESPONSE_CACHE_LIMIT:
+                cache.clear()  # a flood of distinct spellings must not grow memory
+            cache[data[2:]] = (reply[2:], label)
+        where.stats.observe(label, time.perf_counter() - start)
+        return [reply]
 
     # -- resolution --------------------------------------------------------------
+
+    def _resolve_now(self, q: Query, client_ip: str) -> Outcome | None:
+        """`_resolve` for the cases that need no waiting; None for the others."""
+        lname = q.lname
+        zone = self.zone.match(lname)
+        if q.qtype == wire.ANY:
+            return self._any(lname, zone)
+        if zone is None:
+            return None
+        if q.qclass != wire.IN:
+            return Outcome(wire.REFUSED, zone=zone)
+        if self.autopath and self._autopath_search(lname, zone, client_ip) is not None:
+            return None
+        res = self.zone.answer(lname, q.qtype, zone)
+        if res.chase is not None or (res.name_error and self.forwarder is not None
+                                     and self.zone.falls_through(lname)):
+            return None
+        return self._authoritative_outcome(zone, res)
 
     async def _resolve(self, q: Query, lname: bytes, client_ip: str) -> Outcome:
         zone = self.zone.match(lname)
@@ -156,19 +211,10 @@ class Handler:
 
     async def _authoritative(self, q: Query, lname: bytes, zone: ServedZone) -> Outcome:
         res = self.zone.answer(lname, q.qtype, zone)
-        soa = [self.zone.soa(zone)]
-        if res.name_error:
-            if self.forwarder is not None and self.zone.falls_through(lname):
-                return await self._forward(q, lname)
-            if not self.index.synced:
-                # CoreDNS handler.go: no NXDOMAIN before the first sync, or pods would
-                # cache "does not exist" for names that do.
-                return Outcome(wire.SERVFAIL, authority=soa, aa=True, zone=zone, cacheable=False)
-            # With autopath the same NXDOMAIN bytes may deserve a different answer
-            # for another client, so they are not remembered.
-            return Outcome(wire.NXDOMAIN, authority=soa, aa=True, zone=zone, cacheable=not self.autopath)
-        out = Outcome(wire.NOERROR, list(res.answer), [], list(res.additional), aa=True, zone=zone)
-        if res.chase is not None:
+        if res.name_error and self.forwarder is not None and self.zone.falls_through(lname):
+            return await self._forward(q, lname)
+        out = self._authoritative_outcome(zone, res)
+        if res.chase is not None and not res.name_error:
             out.cacheable = False
             target, qtype = res.chase
             try:
@@ -179,7 +225,23 @@ class Handler:
             else:
                 out.answer.extend(up.answer)
                 out.extra_flags |= up.flags & wire.TC
-        if not out.answer:
+            if not out.answer:
+                out.authority = [self.zone.soa(zone)]
+        return out
+
+    def _authoritative_outcome(self, zone: ServedZone, res: Result) -> Outcome:
+        """Rcode, sections and flags of an answer from the zone (no upstream needed)."""
+        soa = [self.zone.soa(zone)]
+        if res.name_error:
+            if not self.index.synced:
+                # CoreDNS handler.go: no NXDOMAIN before the first sync, or pods would
+                # cache "does not exist" for names that do.
+                return Outcome(wire.SERVFAIL, authority=soa, aa=True, zone=zone, cacheable=False)
+            # With autopath the same NXDOMAIN bytes may deserve a different answer
+            # for another client, so they are not remembered.
+            return Outcome(wire.NXDOMAIN, authority=soa, aa=True, zone=zone, cacheable=not self.autopath)
+        out = Outcome(wire.NOERROR, list(res.answer), [], list(res.additional), aa=True, zone=zone)
+        if not out.answer and res.chase is None:
             out.authority = soa
         return out
 
@@ -214,8 +276,8 @@ class Handler:
         hinfo = wire.rr_hinfo(lname, ANY_TTL, "ANY obsoleted", "See RFC 8482")
         return Outcome(wire.NOERROR, [hinfo], aa=zone is not None, zone=zone, plugin="any")
 
-    async def _autopath(self, q: Query, lname: bytes, zone: ServedZone, client_ip: str) -> Outcome | None:
-        """CoreDNS autopath: walk the client pod's search list here, in one round trip."""
+    def _autopath_search(self, lname: bytes, zone: ServedZone, client_ip: str) -> list[str] | None:
+        """The client pod's search list if autopath applies to this name, else None."""
         if zone.reverse:
             return None
         pods = self.index.pods_with_ip(client_ip)
@@ -226,6 +288,14 @@ class Handler:
         first = wire.name_to_wire(search[0])
         if lname == first or not wire.is_subdomain(lname, first):
             return None
+        return search
+
+    async def _autopath(self, q: Query, lname: bytes, zone: ServedZone, client_ip: str) -> Outcome | None:
+        """CoreDNS autopath: walk the client pod's search list here, in one round trip."""
+        search = self._autopath_search(lname, zone, client_ip)
+        if search is None:
+            return None
+        first = wire.name_to_wire(search[0])
         base = lname[:len(lname) - len(first)]  # the labels the client asked, with no root
         first_out: Outcome | None = None
         for i, suffix in enumerate(search):

@@ -196,6 +196,15 @@ class DnsServer:
 
     def _udp_slow(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any, where: Listener,
                   backlog: _Backlog) -> None:
+        replies = self.handler.handle_now(data, where, addr[0])
+        if replies is not None:  # the common case: a cluster name, no waiting
+            backlog.completed += 1
+            for reply in replies:
+                try:
+                    send(reply, addr)
+                except OSError as e:
+                    log.debug("udp send failed to=%s err=%s", addr, e)
+            return
         task = asyncio.ensure_future(self._udp_answer(send, data, addr, where, backlog))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -203,7 +212,7 @@ class DnsServer:
     async def _udp_answer(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any,
                           where: Listener, backlog: _Backlog) -> None:
         try:
-            replies = await self.handler.handle(data, where, addr[0])
+            replies = await self.handler.handle(data, where, addr[0], now_tried=True)
             for reply in replies:
                 send(reply, addr)
         except OSError as e:
@@ -240,9 +249,14 @@ class DnsServer:
                         break
                     where.stats.observe(hit[1], time.perf_counter() - start)
                 else:
-                    t = asyncio.ensure_future(self._tcp_answer(data, writer, where, peer[0]))
-                    inflight.add(t)
-                    t.add_done_callback(inflight.discard)
+                    now = self.handler.handle_now(data, where, peer[0])
+                    if now is not None:
+                        if not all(_write(writer, r) for r in now):
+                            break
+                    else:
+                        t = asyncio.ensure_future(self._tcp_answer(data, writer, where, peer[0]))
+                        inflight.add(t)
+                        t.add_done_callback(inflight.discard)
                 if writer.transport.get_write_buffer_size() > 0 or len(inflight) >= TCP_MAX_PIPELINE:
                     # Back-pressure: a client that does not read its replies stalls only itself.
                     await asyncio.wait_for(writer.drain(), TCP_WRITE_TIMEOUT)
@@ -263,7 +277,7 @@ class DnsServer:
 
     async def _tcp_answer(self, data: bytes, writer: asyncio.StreamWriter, where: Listener,
                           client_ip: str) -> None:
-        replies = await self.handler.handle(data, where, client_ip)
+        replies = await self.handler.handle(data, where, client_ip, now_tried=True)
         for reply in replies:
             if not _write(writer, reply):
                 return
