@@ -113,15 +113,17 @@ def fmt(x: float) -> str:
 
 def bench_full(sizes: list[int], runs: int, variants: list[str]) -> None:
     print("\n## Full sync, N services x 3 endpoints (median; seconds; empty namespace each run)")
+    print("  svcnet = exclusive tables (nothing else in nat/filter: iptables-nft replaces them whole);"
+          " shared = a foreign rule in filter INPUT forces --noflush")
     print(f"{'backend':>9} {'N':>6} | {'floor restore':>13} | {'floor --noflush':>15} | {'svcnet':>8} |"
-          f" {'python':>7} | {'read':>6} | {'restore':>8} | {'vs floor':>8} | {'vs noflush floor':>16}")
+          f" {'python':>7} | {'read':>6} | {'restore':>8} | {'vs floor':>8} | {'shared':>8} | {'vs noflush floor':>16}")
     for variant in variants:
         tools = Tools(variant)
         restore = tools.restore(4)[0]
         for n in sizes:
             objs = nftb.objects(n)
             lean = lean_payload(n)
-            floor, floor_nf, total, py, read, load = [], [], [], [], [], []
+            floor, floor_nf, total, py, read, load, shared = [], [], [], [], [], [], []
             for _ in range(runs if n <= 3000 else 1):
                 ns = netns("full")
                 floor.append(run_in(ns, [restore], lean, ARGS.limit))
@@ -139,18 +141,37 @@ def bench_full(sizes: list[int], runs: int, variants: list[str]) -> None:
                 t1 = time.perf_counter()
                 kernel = writer.read_kernel(4)
                 t2 = time.perf_counter()
-                payload, _ = writer.full_payload(fr, kernel)
+                # the writer's own choice (RestoreWriter.write), timed in parts
+                flush = variant == "nf_tables" and not any(k.foreign for k in kernel.values())
+                payload, _ = (writer.exclusive_payload if flush else writer.full_payload)(fr, kernel)
                 t3 = time.perf_counter()
-                secs = run_in(ns, tools.restore(4), payload, ARGS.limit)
+                secs = run_in(ns, tools.restore(4, flush), payload, ARGS.limit)
                 t4 = time.perf_counter()
                 drop_netns(ns)
                 py.append((t1 - t0) + (t3 - t2)); read.append(t2 - t1); load.append(secs)
                 total.append(py[-1] + read[-1] + secs if secs != float("inf") else secs)
                 del t4
+                if n <= 3000 or ARGS.shared_big:
+                    ns = netns("full")
+                    run_in(ns, [tools._name(4, ""), "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT"])
+                    t = nftb.tracker_with(objs)
+                    writer = RestoreWriter(families=(4,), execute=in_ns_executor(ns, ARGS.limit), tools=tools,
+                                           set_route_localnet=lambda: None)
+                    t0 = time.perf_counter()
+                    t.checkpoint()
+                    fr = compute_family(ProxyState(CONFIG, t.ports[4], t.endpoints[4]))
+                    try:
+                        writer.write(Ruleset((fr,)), True)
+                        shared.append(time.perf_counter() - t0)
+                    except Exception:
+                        shared.append(float("inf"))
+                    drop_netns(ns)
             ratio = m(total) / m(floor)
-            ratio_nf = m(total) / m(floor_nf) if m(floor_nf) != float("inf") else float("nan")
+            sh = m(shared) if shared else float("nan")
+            ratio_nf = sh / m(floor_nf) if shared and m(floor_nf) != float("inf") else float("nan")
             print(f"{variant:>9} {n:>6} | {fmt(m(floor)):>13} | {fmt(m(floor_nf)):>15} | {fmt(m(total)):>8} |"
-                  f" {m(py):>7.3f} | {m(read):>6.3f} | {fmt(m(load)):>8} | {ratio:>7.2f}x | {ratio_nf:>15.2f}x")
+                  f" {m(py):>7.3f} | {m(read):>6.3f} | {fmt(m(load)):>8} | {ratio:>7.2f}x |"
+                  f" {fmt(sh) if shared else '-':>8} | {ratio_nf:>15.2f}x")
 
 
 # -- 2. one-service change ----------------------------------------------------------------------------
@@ -277,6 +298,8 @@ def main() -> int:
     ap.add_argument("--partial-size", type=int, default=10_000)
     ap.add_argument("--backends", default="nf_tables,legacy")
     ap.add_argument("--limit", type=float, default=300, help="seconds before one load counts as too slow")
+    ap.add_argument("--shared-big", action="store_true",
+                    help="also time the --noflush (shared tables) full write above 3,000 services (minutes on nft)")
     ap.add_argument("--conn-seconds", type=float, default=3)
     ap.add_argument("--conn-rounds", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: full,partial,conn")

@@ -284,6 +284,9 @@ class RestoreWriter:
     def cleanup(self) -> None:
         """Remove every SVCNET- chain and the jumps into them, in each backend that has
         tables here, and nothing else."""
+        if not shutil.which("iptables") and self._tools is None:
+            log.info("no iptables installed: no iptables rules to remove")
+            return
         variants = [self.tools]
         other = Tools("legacy" if self.tools.variant == "nf_tables" else "nf_tables")
         if other.variant == "nf_tables" or _legacy_tables_exist():
