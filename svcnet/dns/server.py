@@ -196,7 +196,11 @@ class DnsServer:
 
     def _udp_slow(self, send: Callable[[bytes, Any], Any], data: bytes, addr: Any, where: Listener,
                   backlog: _Backlog) -> None:
-        replies = self.handler.handle_now(data, where, addr[0])
+        try:
+            replies = self.handler.handle_now(data, where, addr[0])
+        except Exception:  # a bug costs this query, never the listener
+            log.exception("query failed client=%s", addr)
+            replies = []
         if replies is not None:  # the common case: a cluster name, no waiting
             backlog.completed += 1
             for reply in replies:
@@ -249,7 +253,11 @@ class DnsServer:
                         break
                     where.stats.observe(hit[1], time.perf_counter() - start)
                 else:
-                    now = self.handler.handle_now(data, where, peer[0])
+                    try:
+                        now = self.handler.handle_now(data, where, peer[0])
+                    except Exception:  # a bug costs this query, never the connection
+                        log.exception("query failed client=%s", peer)
+                        now = []
                     if now is not None:
                         if not all(_write(writer, r) for r in now):
                             break
