@@ -221,6 +221,8 @@ class DnsServer:
                 send(reply, addr)
         except OSError as e:
             log.debug("udp send failed to=%s err=%s", addr, e)
+        except Exception:
+            log.exception("query failed client=%s", addr)
         finally:
             backlog.completed += 1
 

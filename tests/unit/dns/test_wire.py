@@ -194,3 +194,10 @@ async def test_cached_reply_is_patched_with_the_new_id() -> None:
     assert b"\xab\xcd" + cached == b"\xab\xcd" + first[2:]
     (second,) = await h.handle(again, listener(h), "10.0.0.1")
     assert second == b"\xab\xcd" + first[2:]
+
+
+async def test_handle_now_answers_cluster_names_and_defers_upstream_work() -> None:
+    h = make_handler()
+    assert h.handle_now(q("svc1.testns.svc.cluster.local"), listener(h), "10.0.0.1")
+    assert h.handle_now(q("www.example.test"), listener(h), "10.0.0.1") is None  # needs the forwarder
+    assert h.handle_now(b"\x00", listener(h), "10.0.0.1") == []  # dropped, nothing to wait for
