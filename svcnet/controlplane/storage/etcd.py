@@ -155,6 +155,8 @@ class EtcdStorage(Storage):
     sync_timeout: float = 0.5
     #: seconds a write waits for its own event to reach the cache (read-your-writes)
     write_sync_timeout: float = 2.0
+    #: seconds requests keep trying while no member has a leader (an election takes ~1 s)
+    election_grace: float = 2.0
 
     def __init__(self, endpoints: Sequence[str], *, prefix: str = DEFAULT_PREFIX,
                  root: str = LOGICAL_ROOT, request_timeout: float = 2.0, deadline: float = 5.0,
@@ -296,8 +298,10 @@ class EtcdStorage(Storage):
         data = json.dumps(body, separators=(",", ":"))
         n = len(self.endpoints)
         first = self._current % n
+        started = loop.time()
         unknown = False
-        refused: set[int] = set()
+        refused: set[int] = set()      # members that refused the connection
+        leaderless: set[int] = set()   # members that answered "no leader" (nothing applied)
         errors: list[str] = []
         for attempt in itertools.count():
             remaining = deadline - loop.time()
@@ -318,19 +322,25 @@ class EtcdStorage(Storage):
                 message = str(payload.get("message") or payload.get("error") or resp.reason)
                 if code not in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE):
                     raise _EtcdError(code, message)
-                # no leader, leader changed, request timed out: the write may land later
-                unknown = unknown or method != "kv/range"
                 errors.append(f"{endpoint}: {message}")
                 refused.discard(index)
+                if "no leader" in message:  # refused before proposing: not applied
+                    leaderless.add(index)
+                else:  # leader changed, request timed out: the write may still land
+                    leaderless.discard(index)
+                    unknown = unknown or method != "kv/range"
             except aiohttp.ClientConnectorError as err:
                 errors.append(f"{endpoint}: {err.os_error or err}")
                 refused.add(index)
-                if len(refused) == n:
-                    break  # every member refused the connection: fail now, not at the deadline
+                leaderless.discard(index)
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
                 errors.append(f"{endpoint}: {type(err).__name__} {err}".strip())
                 unknown = unknown or method != "kv/range"
                 refused.discard(index)
+                leaderless.discard(index)
+            down = refused | leaderless
+            if len(refused) == n or (len(down) == n and loop.time() - started > self.election_grace):
+                break  # every member refused, or none has had a leader for longer than an election
             if unknown and not guarded:
                 break
             (log.info if attempt == 0 else log.debug)(
@@ -340,7 +350,7 @@ class EtcdStorage(Storage):
                 await asyncio.sleep(0.05)  # a full round failed: let an election finish
         detail = "; ".join(errors[-n:]) or "no answer"
         self._last_error = detail
-        if len(refused) == n and not unknown:
+        if len(refused | leaderless) == n and not unknown:
             raise EtcdUnavailableError(detail)
         raise EtcdTimeoutError(detail)
 
