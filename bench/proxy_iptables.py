@@ -113,7 +113,7 @@ def fmt(x: float) -> str:
 
 def bench_full(sizes: list[int], runs: int, variants: list[str]) -> None:
     print("\n## Full sync, N services x 3 endpoints (median; seconds; empty namespace each run)")
-    print("  svcnet = exclusive tables (nothing else in nat/filter: iptables-nft replaces them whole);"
+    print("  svcnet = exclusive tables (nothing else in nat/filter: replaced whole, no --noflush);"
           " shared = a foreign rule in filter INPUT forces --noflush")
     print(f"{'backend':>9} {'N':>6} | {'floor restore':>13} | {'floor --noflush':>15} | {'svcnet':>8} |"
           f" {'python':>7} | {'read':>6} | {'restore':>8} | {'vs floor':>8} | {'shared':>8} | {'vs noflush floor':>16}")
@@ -142,7 +142,7 @@ def bench_full(sizes: list[int], runs: int, variants: list[str]) -> None:
                 kernel = writer.read_kernel(4)
                 t2 = time.perf_counter()
                 # the writer's own choice (RestoreWriter.write), timed in parts
-                flush = variant == "nf_tables" and not any(k.foreign for k in kernel.values())
+                flush = not any(k.foreign for k in kernel.values())
                 payload, _ = (writer.exclusive_payload if flush else writer.full_payload)(fr, kernel)
                 t3 = time.perf_counter()
                 secs = run_in(ns, tools.restore(4, flush), payload, ARGS.limit)

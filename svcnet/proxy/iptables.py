@@ -193,7 +193,9 @@ class Ruleset:
 
 
 def _hash16(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    # 16 base32 characters are exactly the first 10 bytes of the digest: encoding only
+    # those gives kube-proxy's names at a third of the cost (base64's b32 is pure Python).
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 @lru_cache(maxsize=200_000)
@@ -477,8 +479,8 @@ def compute_family(
                 services[spn] = service_rules(sp, state.endpoints.get(spn, ()), cfg)
     else:
         # sorted: the payload (--dry-run, golden tests) must not depend on event order
-        services = {spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), cfg)
-                    for spn in sorted(state.services)}
+        order = sorted(state.services, key=lambda n: (n.namespace, n.name, n.port, n.protocol))
+        services = {spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), cfg) for spn in order}
     dests = nodeport_destinations(cfg, localhost_nodeports)
     return FamilyRuleset(
         family=cfg.family, config=cfg, services=services, fixed=fixed, top_tail=tail,

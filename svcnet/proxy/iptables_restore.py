@@ -14,9 +14,9 @@ is touched, so other software's rules survive):
   on what this process believes is programmed. Every wanted chain is declared and
   refilled, SVCNET- chains nobody wants any more are flushed and deleted (`-X`) in the
   same payload, and the jumps from the built-in chains are (re)inserted when they are
-  missing or out of order. On iptables-nft, when nat and filter hold nothing but
-  svcnet's rules, the tables are instead replaced whole by a restore without
-  --noflush (see `exclusive_payload`: iptables-nft's --noflush path is quadratic).
+  missing or out of order. When nat and filter hold nothing but svcnet's rules, the
+  tables are instead replaced whole by a restore without --noflush (see
+  `exclusive_payload`: iptables-nft's --noflush path is quadratic).
 * Partial write: only the chains of services whose `ServiceRules` changed (found by
   identity, then compared), plus the top-level chains (SVCNET-SERVICES, …). kube-proxy
   (KEP-3453) rewrites the top-level chains on every sync; here a top-level chain is
@@ -267,8 +267,7 @@ class RestoreWriter:
             flush = False
             if full or old is None or not _same_frame(old, table):
                 kernel = self.read_kernel(table.family)
-                flush = self.exclusive_tables and self.tools.variant == "nf_tables" and \
-                    not any(kt.foreign for kt in kernel.values())
+                flush = self.exclusive_tables and not any(kt.foreign for kt in kernel.values())
                 payload, n = (self.exclusive_payload if flush else self.full_payload)(table, kernel)
                 was_full = True
             else:
@@ -386,7 +385,9 @@ class RestoreWriter:
         found no other chain, rule or set in nat and filter (a dedicated node or a lab
         namespace); a rule another program adds between that read and this write
         would be lost, which is why kube-proxy, sharing nodes with everyone, never
-        flushes. Tables with anything else in them get the --noflush payload."""
+        flushes. Tables with anything else in them get the --noflush payload. The
+        legacy backend gains too (10,000 services: 2.6 s --noflush, 1.3 s without,
+        for the lean payload of bench/proxy_iptables.py)."""
         parts: list[str] = []
         ops = 0
         for name in TABLES:

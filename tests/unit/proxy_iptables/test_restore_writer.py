@@ -183,8 +183,9 @@ def test_cleanup_removes_our_chains_and_jumps_only() -> None:
     assert fake.tables[4]["nat"]["OTHER"] == ["-j RETURN"]
 
 
-def test_tables_holding_only_svcnet_rules_are_replaced_whole_on_iptables_nft() -> None:
-    fake = FakeIptables("nf_tables")
+@pytest.mark.parametrize("variant", ["nf_tables", "legacy"])
+def test_tables_holding_only_svcnet_rules_are_replaced_whole(variant: str) -> None:
+    fake = FakeIptables(variant)
     w = writer(fake)
     objs = objects(3)
     rs = sync(w, objs, None, None, full=True)
