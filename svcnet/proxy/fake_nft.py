@@ -13,6 +13,7 @@ not only through what was computed.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -78,6 +79,26 @@ class FakeNft:
 
     def table(self, family: int) -> TableView:
         return TableView(self.tables[family])
+
+    def read(self, command: str) -> str:
+        """`nft -j list chains|sets|maps <family>` over the fake state (NftWriter's reader)."""
+        _, what, fam = command.split()
+        t = self.tables.get(_FAMILIES[fam])
+        items: list[dict[str, object]] = []
+        if t is not None:
+            if what == "chains":
+                items = [{"chain": {"family": fam, "table": TABLE, "name": n}} for n in t.chains]
+            else:
+                for name, d in t.set_defs.items():
+                    kind = "map" if " : " in d else "set"
+                    if what != kind + "s":
+                        continue
+                    m = re.search(r"timeout (\d+)s", d)
+                    obj: dict[str, object] = {"family": fam, "table": TABLE, "name": name}
+                    if m:
+                        obj["timeout"] = int(m.group(1))
+                    items.append({kind: obj})
+        return json.dumps({"nftables": items})
 
     # -- statements ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ and the last good ruleset stays the base for the next (full) write.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -77,6 +78,47 @@ class Transaction:
 
 
 Executor = Callable[[str], None]
+Reader = Callable[[str], str]  # a read-only nft command -> its JSON output
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """What a previous run left in one family's svcnet table (names only)."""
+
+    family: int
+    chains: frozenset[str]
+    sets: dict[str, tuple[str, int | None]]  # name -> ("set" | "map", timeout seconds)
+
+
+def read_nft_json(binary: str = "nft") -> Reader:
+    def read(command: str) -> str:
+        env = {**os.environ, "LC_ALL": "C"}
+        proc = subprocess.run([binary, "-j", *command.split()], text=True, capture_output=True, env=env,
+                              timeout=120)
+        if proc.returncode != 0:
+            raise NftError(f"{binary} -j {command} failed", proc.stderr, proc.returncode)
+        return proc.stdout
+
+    return read
+
+
+def parse_kernel_table(family: int, outputs: list[str]) -> KernelTable | None:
+    """Chains and sets of `table <family> svcnet` from `nft -j list chains|sets|maps`."""
+    fam = FAMILY_NAMES[family]
+    chains: set[str] = set()
+    sets: dict[str, tuple[str, int | None]] = {}
+    for out in outputs:
+        for item in (json.loads(out) if out.strip() else {}).get("nftables", []):
+            for kind in ("chain", "set", "map"):
+                obj = item.get(kind)
+                if obj and obj.get("table") == TABLE and obj.get("family") == fam:
+                    if kind == "chain":
+                        chains.add(obj["name"])
+                    else:
+                        sets[obj["name"]] = (kind, obj.get("timeout"))
+    if not chains and not sets:
+        return None
+    return KernelTable(family, frozenset(chains), sets)
 
 
 def run_nft(binary: str = "nft") -> Executor:
@@ -116,9 +158,15 @@ class NftWriter:
         families: tuple[int, ...] = (4, 6),
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reader: Reader | None = None,
     ) -> None:
         self.families = families
         self.execute = executor or default_executor(binary)
+        # Reading what a previous run left lets a restart keep ClientIP affinity
+        # (and reuse identical objects) instead of replacing the table.
+        self.reader = reader if reader is not None or executor is not None else read_nft_json(binary)
+        self._kernel: dict[int, KernelTable] = {}
+        self._adopting = False
         self.clock = clock
         self.applied: Ruleset | None = None  # last ruleset the kernel accepted
         self._stale: dict[tuple[int, str], float] = {}  # (family, chain) -> flushed at
@@ -131,12 +179,36 @@ class NftWriter:
     def write(self, ruleset: Ruleset, full: bool) -> WriteStats:
         start = self.clock()
         was_empty = self.applied is None
+        if was_empty:
+            self._kernel = self._read_kernel()
         tx = self.transaction(ruleset, full)
         if tx:
             self.last_script = tx.text()
-            self.execute(self.last_script)  # raises NftError; self.applied stays the last good one
+            try:
+                self.execute(self.last_script)  # raises NftError; self.applied stays the last good one
+            except NftError:
+                if self._adopting:  # the leftover table surprised us: replace it next time
+                    log.warning("could not reuse the existing svcnet table; replacing it on retry")
+                    self.reader = None
+                raise
         self._commit(ruleset)
         return WriteStats(full=full or was_empty, ops=tx.ops, seconds=self.clock() - start)
+
+    def _read_kernel(self) -> dict[int, KernelTable]:
+        if self.reader is None:
+            return {}
+        found: dict[int, KernelTable] = {}
+        for family in self.families:
+            fam = FAMILY_NAMES[family]
+            try:
+                outputs = [self.reader(f"list {what} {fam}") for what in ("chains", "sets", "maps")]
+                kt = parse_kernel_table(family, outputs)
+            except (NftError, OSError, ValueError) as e:
+                log.info("not reusing existing rules family=%s: %s", fam, e)
+                continue
+            if kt is not None:
+                found[family] = kt
+        return found
 
     def cleanup(self) -> None:
         """Delete both svcnet tables (and nothing else); missing tables are fine."""
@@ -157,9 +229,13 @@ class NftWriter:
         tx = Transaction()
         self._next_stale = dict(self._stale)
         self._deleting = set()
+        self._adopting = False
         for table in ruleset.tables:
             old = self._applied_table(table.family)
-            if old is None:
+            kernel = self._kernel.get(table.family) if self.applied is None else None
+            if old is None and kernel is not None and self.reader is not None:
+                self._adopt(tx, kernel, table)
+            elif old is None:
                 self._replace_table(tx, table)
             elif full or not self._same_fixed(old, table) or self._set_redefined(old, table):
                 self._full(tx, old, table)
@@ -201,6 +277,23 @@ class NftWriter:
         tx.add(table.render(), ops=1 + len(table.chains) + len(table.elements))
         for key in [k for k in self._next_stale if k[0] == table.family]:
             del self._next_stale[key]
+
+    def _adopt(self, tx: Transaction, kernel: KernelTable, table: FamilyRuleset) -> None:
+        """First write over a table a previous run left: like a full write, but the
+        affinity sets whose definition still matches keep their clients."""
+        self._adopting = True
+        fam = table.family_name
+        tx.add(f"add table {fam} {TABLE}")
+        tx.add(f"flush table {fam} {TABLE}")
+        for name, (kind, timeout) in kernel.sets.items():
+            want = table.sets.get(name)
+            if want is not None and name.startswith("affinity-") and want.timeout == timeout:
+                continue
+            tx.add(f"delete {kind} {fam} {TABLE} {name}")  # unreferenced after the flush
+        tx.add(table.render(), ops=1 + len(table.chains) + len(table.elements))
+        now = self.clock()
+        for name in kernel.chains - table.chains.keys():
+            self._next_stale.setdefault((table.family, name), now)
 
     def _full(self, tx: Transaction, old: FamilyRuleset, table: FamilyRuleset) -> None:
         fam = table.family_name

@@ -236,7 +236,9 @@ def _fixed(state: ProxyState, f: _Fam) -> tuple[tuple[NftSet, ...], tuple[Chain,
     )
     last = (
         Chain(MASQ_CHAIN, (
-            f"{f.ip} saddr . {f.ip} daddr @{HAIRPIN} jump {MARK_CHAIN}",
+            # only translated connections: a host-network endpoint (the apiserver on
+            # 127.0.0.1, a node IP) talking to itself directly must stay untouched
+            f"ct status dnat {f.ip} saddr . {f.ip} daddr @{HAIRPIN} jump {MARK_CHAIN}",
             f"mark and {mark} == 0 return",
             f"mark set mark xor {mark}",
             "masquerade fully-random",

@@ -204,6 +204,11 @@ class Tracer:
                 i += 4
             elif tok == "ct" and t[i + 1:i + 3] == ["state", "new"]:
                 i += 3  # the tracer follows new connections only
+            elif tok == "ct" and t[i + 1:i + 3] == ["status", "dnat"]:
+                if p.dnat is None:
+                    yield False, p, ("", "")
+                    return
+                i += 3
             elif tok == "numgen":
                 rest = t[i + 5:]
                 yield False, p, ("", "")

@@ -267,6 +267,21 @@ def test_metrics_carry_kube_proxy_names(lab: ProxyLab) -> None:
     assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1.0' in text
 
 
+def test_a_restart_keeps_session_affinity(lab: ProxyLab) -> None:
+    first = reached(lab.probe("client", "tcp", "10.96.0.17", 80, 3))
+    assert len(first) == 1
+
+    def remembered() -> bool:
+        sets = lab.pool.run(lab.node, "nft", "list", "sets", "ip").stdout
+        return any(CLIENT_POD in block for block in sets.split("set affinity-")[1:] if "/aff/" in block)
+
+    assert remembered()
+    out = lab.once()  # a new process takes over the table the running proxy wrote
+    assert out.returncode == 0, out.stderr
+    assert remembered(), "the new process kept the affinity sets' clients"
+    assert reached(lab.probe("client", "tcp", "10.96.0.17", 80, 6)) == first
+
+
 def test_masquerade_modes_with_once(lab: ProxyLab) -> None:
     """Last in the module: replaces the running proxy with one-shot runs."""
     assert lab.proxy is not None

@@ -195,3 +195,12 @@ def test_hints_are_ignored_for_local_policy() -> None:
     objs = [svc("l", "10.96.4.2", ("p80", 80, "TCP"), internalTrafficPolicy="Local"),
             eps("l", ep("10.244.4.4", node=NODE, zones=("zone-b",)), ep("10.244.4.5", zones=("zone-a",)))]
     _row(tracer(objs, node_zone="zone-a"), POD, "tcp", "10.96.4.2", 80, DNAT, ["10.244.4.4:80"])
+
+
+def test_an_endpoint_talking_to_itself_directly_is_not_masqueraded() -> None:
+    # a host-network endpoint (the apiserver on 127.0.0.1) reached without a Service
+    objs = [svc("kubernetes", "10.96.0.1", ("https", 443, "TCP"), ns="default"),
+            eps("kubernetes", ep("127.0.0.1"), ports=(("https", 6443, "TCP"),), ns="default")]
+    t = tracer(objs)
+    _row(t, "127.0.0.1", "tcp", "127.0.0.1", 6443, ACCEPT, [], False, from_node=True)
+    _row(t, NODE_IP, "tcp", "10.96.0.1", 443, DNAT, ["127.0.0.1:6443"], True, from_node=True)
