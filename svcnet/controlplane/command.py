@@ -47,7 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write an admin kubeconfig here, and a read-only one beside it "
                              "(default DATA_DIR/admin.kubeconfig)")
     parser.add_argument("--service-cidr", default="10.96.0.0/12",
-                        help="Service ClusterIP range (kube-apiserver --service-cluster-ip-range)")
+                        help="Service ClusterIP range, or two comma-separated for dual-stack "
+                             "(kube-apiserver --service-cluster-ip-range)")
     parser.add_argument("--node-port-range", default="30000-32767",
                         help="NodePort range (kube-apiserver --service-node-port-range)")
     parser.add_argument("--storage", default="sqlite", metavar="sqlite|etcd://HOST:PORT,…",
@@ -64,6 +65,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def readonly_path(path: Path) -> Path:
     """FILE's read-only sibling: `admin.kubeconfig` -> `admin-readonly.kubeconfig`."""
     return path.with_name(f"{path.stem}-readonly{path.suffix}")
+
+
+def service_cidrs(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`--service-cidr`: one CIDR, or two of different families (dual-stack, primary first)."""
+    cidrs = [ipaddress.ip_network(c.strip(), strict=False) for c in value.split(",") if c.strip()]
+    if not 1 <= len(cidrs) <= 2 or (len(cidrs) == 2 and cidrs[0].version == cidrs[1].version):
+        raise ValueError(f"invalid --service-cidr {value!r}: want one CIDR, or two of different "
+                         "IP families")
+    return cidrs
 
 
 def _unspecified(host: str) -> bool:
@@ -124,8 +134,9 @@ async def serve(args: argparse.Namespace) -> int:
     if host == "localhost":
         host = "127.0.0.1"
     advertise = args.advertise_address or (primary_ip() if _unspecified(host) else host)
-    cidr = ipaddress.ip_network(args.service_cidr, strict=False)
-    kubernetes_ip = str(cidr.network_address + 1)
+    # the `kubernetes` Service's IP: the first of the primary (first) CIDR; the Registry
+    # gets the whole dual-stack list
+    kubernetes_ip = str(service_cidrs(args.service_cidr)[0].network_address + 1)
 
     tokens = load_or_create_tokens(data_dir)
     pki = ensure_pki(data_dir, ips=[host, advertise, kubernetes_ip])
@@ -188,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
             if not args.etcd_prefix.startswith("/") or args.etcd_prefix.endswith("/"):
                 raise ValueError(f"--etcd-prefix {args.etcd_prefix!r}: want /NAME without a trailing slash")
         parse_host_port(args.listen)
-        ipaddress.ip_network(args.service_cidr, strict=False)
+        service_cidrs(args.service_cidr)
     except ValueError as exc:
         print(f"svcnet apiserver: {exc}", file=sys.stderr)
         return 2

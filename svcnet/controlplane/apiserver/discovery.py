@@ -13,14 +13,23 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol, Sequence
 
+from svcnet.controlplane.registry.kinds import SUBRESOURCE_KINDS
+
 RESOURCE_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 SUBRESOURCE_VERBS = ["get", "patch", "update"]
-# subresources that are not get/patch/update (namespaces/finalize is PUT only upstream)
-SPECIAL_SUBRESOURCE_VERBS = {"finalize": ["update"]}
+# subresources that are not get/patch/update (namespaces/finalize is PUT only upstream;
+# pods/binding and pods/eviction are POSTed)
+SPECIAL_SUBRESOURCE_VERBS = {"finalize": ["update"], "binding": ["create"], "eviction": ["create"]}
 
 
 def subresource_verbs(sub: str) -> list[str]:
     return list(SPECIAL_SUBRESOURCE_VERBS.get(sub, SUBRESOURCE_VERBS))
+
+
+def subresource_gvk(k: "Kind", sub: str) -> tuple[str, str, str]:
+    """(group, version, kind) of what <plural>/<sub> serves: the parent kind, or another
+    one (deployments/scale is an autoscaling/v1 Scale); see `kinds.subresource_kind`."""
+    return SUBRESOURCE_KINDS.get(sub, (k.group, k.version, k.kind))
 
 
 class Kind(Protocol):
@@ -98,8 +107,14 @@ def api_resource_list(kinds: Iterable[Kind], group: str, version: str) -> dict[s
             entry["categories"] = list(k.categories)
         resources.append(entry)
         for sub in k.subresources:
-            resources.append({"name": f"{k.plural}/{sub}", "singularName": "", "namespaced": k.namespaced,
-                              "kind": k.kind, "verbs": subresource_verbs(sub)})
+            group_, version_, kind_ = subresource_gvk(k, sub)
+            sub_entry: dict[str, Any] = {"name": f"{k.plural}/{sub}", "singularName": "",
+                                         "namespaced": k.namespaced}
+            if (group_, version_) != (k.group, k.version):
+                # as upstream: group and version only when they differ from the parent's
+                sub_entry["group"], sub_entry["version"] = group_, version_
+            sub_entry["kind"], sub_entry["verbs"] = kind_, subresource_verbs(sub)
+            resources.append(sub_entry)
     if not resources:
         return None
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": _gv(group, version),
@@ -118,8 +133,9 @@ def _aggregated_resource(k: Kind) -> dict[str, Any]:
     if k.categories:
         entry["categories"] = list(k.categories)
     if k.subresources:
-        entry["subresources"] = [{"subresource": s, "responseKind": response_kind,
-                                  "verbs": subresource_verbs(s)} for s in k.subresources]
+        entry["subresources"] = [
+            {"subresource": s, "responseKind": dict(zip(("group", "version", "kind"), subresource_gvk(k, s))),
+             "verbs": subresource_verbs(s)} for s in k.subresources]
     return entry
 
 

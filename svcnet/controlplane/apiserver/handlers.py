@@ -23,7 +23,7 @@ from svcnet.controlplane.apiserver.negotiation import Negotiated
 from svcnet.controlplane.apiserver.watch import WatchSpec, WatchStream
 from svcnet.controlplane.errors import APIError, bad_request
 from svcnet.controlplane.registry import selectors
-from svcnet.controlplane.registry.kinds import KindInfo
+from svcnet.controlplane.registry.kinds import CREATE_ONLY_SUBRESOURCES, KindInfo, subresource_kind
 
 if TYPE_CHECKING:
     import asyncio
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from svcnet.controlplane.registry.store import Registry
 
 FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
+MAX_FIELD_MANAGER_LENGTH = 128  # ValidateFieldManager's limit
 # kube-apiserver's default when fieldValidation is absent (KEP-2885)
 DEFAULT_FIELD_VALIDATION = "Warn"
 
@@ -54,18 +55,20 @@ class Target:
 def verb_of(method: str, target: Target, query: Mapping[str, str]) -> str:
     """The Kubernetes verb (RBAC form) of a request, or 405."""
     item = target.name is not None
+    not_allowed = APIError(405, "MethodNotAllowed",
+                           f"the server does not allow this method on the requested resource ({method})")
+    if target.subresource in CREATE_ONLY_SUBRESOURCES:
+        if method != "POST":
+            raise not_allowed
+        return "create"
     if method == "GET":
         if not item and _bool(query, "watch"):
             return "watch"
         return "get" if item else "list"
     verb = {("POST", False): "create", ("PUT", True): "update", ("PATCH", True): "patch",
             ("DELETE", True): "delete", ("DELETE", False): "deletecollection"}.get((method, item))
-    if verb is None:
-        raise APIError(405, "MethodNotAllowed",
-                       f"the server does not allow this method on the requested resource ({method})")
-    if target.subresource and verb not in ("update", "patch"):
-        raise APIError(405, "MethodNotAllowed",
-                       f"the server does not allow this method on the requested resource ({method})")
+    if verb is None or (target.subresource and verb not in ("update", "patch")):
+        raise not_allowed
     return verb
 
 
@@ -119,6 +122,57 @@ def field_validation(query: Mapping[str, str]) -> str:
         raise bad_request(f'fieldValidation parameter unsupported: "{value}" '
                           '(supported values: "Ignore", "Warn", "Strict")')
     return value
+
+
+def field_manager(request: web.Request) -> str:
+    """The `fieldManager` parameter, else the User-Agent's product (`kubectl/v1.32.0 (linux/amd64)
+    kubernetes/abc` -> `kubectl`), as kube-apiserver's `managerOrUserAgent` does for
+    create, update and non-apply patches (apply must name its manager)."""
+    manager = request.query.get("fieldManager", "")
+    if manager:
+        if len(manager) > MAX_FIELD_MANAGER_LENGTH:
+            raise APIError(422, "Invalid", f"fieldManager: Too long: may not be more than "
+                           f"{MAX_FIELD_MANAGER_LENGTH} bytes",
+                           {"causes": [{"reason": "FieldValueTooLong", "field": "fieldManager",
+                                        "message": f"Too long: may not be more than "
+                                                   f"{MAX_FIELD_MANAGER_LENGTH} bytes"}]})
+        return manager
+    agent = request.headers.get("User-Agent", "").split("/", 1)[0].strip()
+    return "".join(c for c in agent if c.isprintable())[:MAX_FIELD_MANAGER_LENGTH]
+
+
+def _forbidden(field: str, detail: str, reason: str = "FieldValueForbidden") -> dict[str, str]:
+    prefix = "Forbidden" if reason == "FieldValueForbidden" else "Unsupported value"
+    return {"reason": reason, "field": field, "message": f"{prefix}: {detail}"}
+
+
+def watch_list_options(query: Mapping[str, str]) -> bool | None:
+    """`sendInitialEvents` of a watch (streaming lists, KEP-3157), validated as upstream's
+    `validateWatchOptions`: it needs resourceVersionMatch=NotOlderThan, and true needs
+    allowWatchBookmarks (the end of the initial events is a bookmark). None: not given."""
+    raw = query.get("sendInitialEvents")
+    send = None if raw is None else _bool(query, "sendInitialEvents")
+    match = query.get("resourceVersionMatch", "")
+    causes: list[dict[str, str]] = []
+    if send is not None and match != "NotOlderThan":
+        causes.append(_forbidden("resourceVersionMatch",
+                                 "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"))
+    if match:
+        if send is None:
+            causes.append(_forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for "
+                                     "watch unless sendInitialEvents is provided"))
+        if match != "NotOlderThan":
+            causes.append(_forbidden("resourceVersionMatch", f'"{match}": supported values: '
+                                     '"NotOlderThan"', "FieldValueNotSupported"))
+    if send and not _bool(query, "allowWatchBookmarks"):
+        causes.append(_forbidden("allowWatchBookmarks", "allowWatchBookmarks must be set to true "
+                                 "when sendInitialEvents is specified"))
+    if causes:
+        text = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+        raise APIError(422, "Invalid", f'ListOptions.meta.k8s.io "" is invalid: '
+                       f"{'[' + text + ']' if len(causes) > 1 else text}",
+                       {"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes})
+    return send
 
 
 def warning_headers(warnings: list[str]) -> CIMultiDict[str]:
@@ -192,10 +246,13 @@ class ResourceHandlers:
     async def _get(self, request: web.Request, t: Target) -> web.StreamResponse:
         neg = negotiation.negotiate_object(request.headers.get("Accept"), table_ok=True)
         assert t.name is not None
-        obj = await self.registry.get(t.kind, t.namespace, t.name)
+        obj = await self.registry.get(t.kind, t.namespace, t.name, subresource=t.subresource)
         if neg.table:
             rv = obj.get("metadata", {}).get("resourceVersion", "")
-            return respond(tables.to_table(t.kind.group, t.kind.plural, [obj], resource_version=rv,
+            group, plural = t.kind.group, t.kind.plural
+            if t.subresource and subresource_kind(t.kind, t.subresource)[2] != t.kind.kind:
+                group, plural = subresource_kind(t.kind, t.subresource)[0], t.subresource
+            return respond(tables.to_table(group, plural, [obj], resource_version=rv,
                                            include_object=self._include_object(request)), neg)
         return respond(obj, neg)
 
@@ -219,6 +276,12 @@ class ResourceHandlers:
         neg = negotiation.negotiate_object(request.headers.get("Accept"), table_ok=True)
         label, field = self._selectors(request, t)
         q = request.query
+        if "sendInitialEvents" in q:
+            detail = "sendInitialEvents is only supported on watch requests"
+            raise APIError(422, "Invalid", f'ListOptions.meta.k8s.io "" is invalid: sendInitialEvents: '
+                           f"Forbidden: {detail}",
+                           {"group": "meta.k8s.io", "kind": "ListOptions",
+                            "causes": [_forbidden("sendInitialEvents", detail)]})
         result = await self.registry.list(
             t.kind, t.namespace, label_selector=label, field_selector=field,
             limit=_int(q, "limit") or 0, continue_token=q.get("continue", ""),
@@ -237,18 +300,12 @@ class ResourceHandlers:
             neg = Negotiated()  # a watch stream is newline-delimited JSON
         label, field = self._selectors(request, t)
         q = request.query
-        if _bool(q, "sendInitialEvents"):
-            # Streaming lists need an initial-events-end bookmark the Registry does not mark;
-            # refusing (as a server without the WatchList gate does) makes clients list+watch.
-            raise APIError(422, "Invalid", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden "
-                           "for watch unless the WatchList feature gate is enabled",
-                           {"causes": [{"reason": "FieldValueForbidden", "field": "sendInitialEvents",
-                                        "message": "Forbidden: sendInitialEvents is forbidden for watch "
-                                                   "unless the WatchList feature gate is enabled"}]})
+        send_initial_events = watch_list_options(q)
         timeout = _int(q, "timeoutSeconds")
         events = self.registry.watch(t.kind, t.namespace, label_selector=label, field_selector=field,
                                      resource_version=q.get("resourceVersion", ""),
-                                     allow_bookmarks=_bool(q, "allowWatchBookmarks"))
+                                     allow_bookmarks=_bool(q, "allowWatchBookmarks"),
+                                     send_initial_events=send_initial_events)
         spec = WatchSpec(t.kind.group, t.kind.version, t.kind.kind, t.kind.plural,
                          content_type=neg.content_type, table=neg.table,
                          include_object=self._include_object(request) if neg.table else "Metadata",
@@ -277,22 +334,57 @@ class ResourceHandlers:
 
     async def _create(self, request: web.Request, t: Target) -> web.StreamResponse:
         neg = negotiation.negotiate_object(request.headers.get("Accept"), table_ok=False)
+        if t.subresource:
+            return respond(await self._create_subresource(request, t), neg, 201)
         obj = await self._object_body(request, t)
         q = request.query
         created, warnings = await self.registry.create(
             t.kind, t.namespace, obj, dry_run=dry_run(request),
-            field_manager=q.get("fieldManager", ""), field_validation=field_validation(q))
+            field_manager=field_manager(request), field_validation=field_validation(q))
         return respond(created, neg, 201, warnings)
+
+    async def _create_subresource(self, request: web.Request, t: Target) -> dict[str, Any]:
+        """POST pods/NAME/binding and pods/NAME/eviction: a Binding or Eviction body
+        naming the pod of the URL; the answer is a success Status, as upstream."""
+        body = await self._subresource_body(request, t)
+        assert t.name is not None and t.namespace is not None
+        if t.subresource == "binding":
+            return await self.registry.bind(t.namespace, t.name, body, dry_run=dry_run(request))
+        if t.subresource == "eviction":
+            return await self.registry.evict(t.namespace, t.name, body, dry_run=dry_run(request))
+        raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
+                       "resource (POST)")
+
+    async def _subresource_body(self, request: web.Request, t: Target) -> dict[str, Any]:
+        """A body of the subresource's own kind (Scale, Binding, Eviction): decoded here,
+        its kind checked by the Registry; its name and namespace must agree with the URL."""
+        obj = negotiation.decode_body(request.content_type if request.body_exists else None,
+                                      await self._read_body(request))
+        _, _, kind = subresource_kind(t.kind, t.subresource or "")
+        meta = obj.get("metadata")
+        if meta is None:
+            meta = obj["metadata"] = {}
+        if not isinstance(meta, dict):
+            raise bad_request(f"{kind}: metadata must be an object")
+        if meta.get("name") and meta["name"] != t.name:
+            raise bad_request(f"name in URL does not match name in {kind} object")
+        if meta.get("namespace") and t.namespace and meta["namespace"] != t.namespace:
+            raise bad_request("the namespace of the provided object does not match the namespace sent "
+                              "on the request")
+        return obj
 
     async def _update(self, request: web.Request, t: Target) -> web.StreamResponse:
         neg = negotiation.negotiate_object(request.headers.get("Accept"), table_ok=False)
-        obj = await self._object_body(request, t)
-        check_name(t, obj)
+        if t.subresource and subresource_kind(t.kind, t.subresource)[2] != t.kind.kind:
+            obj = await self._subresource_body(request, t)  # deployments/scale: a Scale
+        else:
+            obj = await self._object_body(request, t)
+            check_name(t, obj)
         q = request.query
         assert t.name is not None
         updated, warnings = await self.registry.update(
             t.kind, t.namespace, t.name, obj, subresource=t.subresource, dry_run=dry_run(request),
-            field_manager=q.get("fieldManager", ""), field_validation=field_validation(q))
+            field_manager=field_manager(request), field_validation=field_validation(q))
         return respond(updated, neg, 200, warnings)
 
     async def _patch(self, request: web.Request, t: Target) -> web.StreamResponse:
@@ -303,11 +395,11 @@ class ResourceHandlers:
                            f'the body of the request was in an unknown format - accepted media types '
                            f'include: {", ".join(sorted(negotiation.PATCH_TYPES))} (got "{patch_type}")')
         q = request.query
-        manager = q.get("fieldManager", "")
         apply = patch_type == "application/apply-patch+yaml"
         force = _bool(q, "force")
-        if apply and not manager:
+        if apply and not q.get("fieldManager"):
             raise bad_request("PATCH, application/apply-patch+yaml requires fieldManager parameter")
+        manager = field_manager(request)
         if force and not apply:
             raise bad_request("force: Invalid value: true: may not be specified for non-apply patch")
         body = await self._read_body(request)

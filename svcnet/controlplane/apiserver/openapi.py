@@ -21,14 +21,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from svcnet.controlplane.apiserver.discovery import Kind, group_versions, subresource_verbs
+from svcnet.controlplane.apiserver.discovery import Kind, group_versions, subresource_gvk, subresource_verbs
+from svcnet.controlplane.registry.kinds import SUBRESOURCE_DEFINITIONS
 
 META = "io.k8s.apimachinery.pkg.apis.meta.v1."
 EXTRA_DEFINITIONS = (META + "Status", META + "DeleteOptions", META + "Patch")
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 
-_VERB_OF = {"get": "get", "put": "update", "patch": "patch"}
+_VERB_OF = {"get": "get", "put": "update", "patch": "patch", "post": "create"}
 
 ComponentsFn = Callable[[Iterable[str]], dict[str, dict[str, Any]]]
 
@@ -132,12 +133,19 @@ def _paths_for(k: DefinedKind, prefix: str) -> dict[str, Any]:
         },
     }
     for sub in k.subresources:
+        definition = SUBRESOURCE_DEFINITIONS.get(sub, k.definition)
+        sub_body = {"required": True, "content": {"*/*": {"schema": _ref(definition)}}}
         ops = {
-            "get": _op("get", "read", k, scope, k.definition, [P_PRETTY], ["200"], sub=sub),
-            "put": _op("put", "replace", k, scope, k.definition, write, ["200", "201"], obj_body, sub=sub),
-            "patch": _op("patch", "patch", k, scope, k.definition, [*write, P_FORCE], ["200", "201"],
+            "get": _op("get", "read", k, scope, definition, [P_PRETTY], ["200"], sub=sub),
+            "put": _op("put", "replace", k, scope, definition, write, ["200", "201"], sub_body, sub=sub),
+            "patch": _op("patch", "patch", k, scope, definition, [*write, P_FORCE], ["200", "201"],
                          patch_body, sub=sub),
+            "post": _op("post", "create", k, scope, definition, write, ["200", "201", "202"], sub_body,
+                        sub=sub),
         }
+        for op in ops.values():
+            group, version, kind = subresource_gvk(k, sub)
+            op["x-kubernetes-group-version-kind"] = {"group": group, "version": version, "kind": kind}
         verbs = subresource_verbs(sub)
         item: dict[str, Any] = {m: op for m, op in ops.items() if _VERB_OF[m] in verbs}
         item["parameters"] = path_params + name_param
@@ -185,7 +193,10 @@ def build_document(kinds: Sequence[DefinedKind], group: str, version: str,
     paths: dict[str, Any] = {}
     for k in served:
         paths.update(_paths_for(k, prefix))
-    schemas = dict(components([k.definition for k in served] + [*EXTRA_DEFINITIONS, META + "ListMeta"]))
+    extra = sorted({SUBRESOURCE_DEFINITIONS[s] for k in served for s in k.subresources
+                    if s in SUBRESOURCE_DEFINITIONS})
+    schemas = dict(components([k.definition for k in served] + extra
+                              + [*EXTRA_DEFINITIONS, META + "ListMeta"]))
     for k in served:
         schema = dict(schemas.get(k.definition) or {"type": "object"})
         # kubectl explain and the fieldValidation check find a kind through this extension

@@ -345,6 +345,82 @@ SERVICECIDR_COLUMNS = (
     AGE_COL,
 )
 
+# --- Events (core/v1) ----------------------------------------------------------------------
+# printEvent in kube's printers.go: the server renders wide cells always; kubectl hides the
+# priority-1 columns unless -o wide.
+
+def _since(stamp: Any, now: datetime.datetime) -> str:
+    when = parse_time(stamp if isinstance(stamp, str) else None)
+    return human_duration((now - when).total_seconds()) if when else "<unknown>"
+
+
+def event_first_seen(obj: Obj, now: datetime.datetime) -> str:
+    return _since(obj.get("firstTimestamp") or obj.get("eventTime"), now)
+
+
+def event_last_seen(obj: Obj, now: datetime.datetime) -> str:
+    series = obj.get("series")
+    if isinstance(series, dict):
+        return _since(series.get("lastObservedTime"), now)
+    if obj.get("lastTimestamp"):
+        return _since(obj["lastTimestamp"], now)
+    return event_first_seen(obj, now)
+
+
+def event_count(obj: Obj) -> int:
+    series = obj.get("series")
+    if isinstance(series, dict):
+        return int(series.get("count") or 0)
+    return int(obj.get("count") or 0) or 1  # singleton events carry no count in events.k8s.io
+
+
+def event_object(obj: Obj) -> str:
+    involved = obj.get("involvedObject") or {}
+    kind = str(involved.get("kind") or "").lower()
+    return f"{kind}/{involved['name']}" if involved.get("name") else kind
+
+
+def event_source(obj: Obj) -> str:
+    source = obj.get("source") or {}
+    component = source.get("component") or obj.get("reportingComponent") or ""
+    instance = source.get("host") or obj.get("reportingInstance") or ""
+    return f"{component}, {instance}" if instance else str(component)
+
+
+EVENT_COLUMNS = (
+    Column("Last Seen", "The time at which the most recent occurrence of this event was recorded.",
+           event_last_seen),
+    Column("Type", "Type of this event (Normal, Warning), new types could be added in the future",
+           lambda o, _: str(o.get("type") or "")),
+    Column("Reason", "This should be a short, machine understandable string that gives the reason "
+           "for the transition into the object's current status.",
+           lambda o, _: str(o.get("reason") or "")),
+    Column("Object", "The object that this event is about.", lambda o, _: event_object(o)),
+    Column("Subobject", "If referring to a piece of an object instead of an entire object, this "
+           "string should contain a valid JSON/Go field access statement, such as "
+           "desiredState.manifest.containers[2].",
+           lambda o, _: str((o.get("involvedObject") or {}).get("fieldPath") or ""), priority=1),
+    Column("Source", "The component reporting this event. Should be a short machine understandable "
+           "string.", lambda o, _: event_source(o), priority=1),
+    Column("Message", "A human-readable description of the status of this operation.",
+           lambda o, _: str(o.get("message") or "").strip()),
+    Column("First Seen", "The time at which the event was first recorded. (Time of server receipt is "
+           "in TypeMeta.)", event_first_seen, priority=1),
+    Column("Count", "The number of times this event has occurred.", lambda o, _: event_count(o),
+           priority=1),
+    Column("Name", NAME_COL.description, _name, format="name", priority=1),
+)
+
+# --- Scale (autoscaling/v1, the scale subresource: `kubectl get deploy web --subresource=scale`)
+
+SCALE_COLUMNS = (
+    NAME_COL,
+    Column("Desired", "desired number of instances for the scaled object.",
+           lambda o, _: int(_spec(o).get("replicas") or 0), type="integer"),
+    Column("Available", "actual number of observed instances of the scaled object.",
+           lambda o, _: int(_status(o).get("replicas") or 0), type="integer"),
+)
+
 DEFAULT_COLUMNS = (NAME_COL, AGE_COL)
 
 # (group, plural) -> columns
@@ -357,6 +433,8 @@ PRINTERS: dict[tuple[str, str], tuple[Column, ...]] = {
     ("apps", "deployments"): DEPLOYMENT_COLUMNS,
     ("coordination.k8s.io", "leases"): LEASE_COLUMNS,
     ("networking.k8s.io", "servicecidrs"): SERVICECIDR_COLUMNS,
+    ("", "events"): EVENT_COLUMNS,
+    ("autoscaling", "scale"): SCALE_COLUMNS,  # a subresource's view: (group of its kind, name)
 }
 
 

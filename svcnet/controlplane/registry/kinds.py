@@ -53,7 +53,7 @@ SERVICES = KindInfo(
     field_selectors=_META + ("spec.clusterIP", "spec.type"))
 PODS = KindInfo(
     "", "v1", "pods", "pod", "Pod", True, short_names=("po",), categories=("all",),
-    subresources=("status",), definition="io.k8s.api.core.v1.Pod",
+    subresources=("binding", "eviction", "status"), definition="io.k8s.api.core.v1.Pod",
     field_selectors=_META + ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
                              "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
                              "status.podIP", "status.podIPs", "status.nominatedNodeName"))
@@ -87,7 +87,19 @@ KINDS: tuple[KindInfo, ...] = (
 
 # Subresources whose objects are not the parent kind: (group, version, kind) for
 # discovery's responseKind and for the body of GET/PUT/PATCH on them.
-SUBRESOURCE_KINDS: dict[str, tuple[str, str, str]] = {"scale": ("autoscaling", "v1", "Scale")}
+SUBRESOURCE_KINDS: dict[str, tuple[str, str, str]] = {
+    "scale": ("autoscaling", "v1", "Scale"),
+    "binding": ("", "v1", "Binding"),
+    "eviction": ("policy", "v1", "Eviction"),
+}
+# Subresources that are only POSTed (create), never read or written in place.
+CREATE_ONLY_SUBRESOURCES = frozenset({"binding", "eviction"})
+# OpenAPI definitions of the subresource kinds (their request and response bodies).
+SUBRESOURCE_DEFINITIONS: dict[str, str] = {
+    "scale": "io.k8s.api.autoscaling.v1.Scale",
+    "binding": "io.k8s.api.core.v1.Binding",
+    "eviction": "io.k8s.api.policy.v1.Eviction",
+}
 
 
 def subresource_kind(kind: KindInfo, subresource: str) -> tuple[str, str, str]:

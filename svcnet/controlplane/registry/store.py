@@ -335,6 +335,11 @@ class Registry:
             out["metadata"] = {}
         if not isinstance(out["metadata"], dict):
             raise bad_request("metadata must be an object")
+        for f in _OMIT_EMPTY_META:
+            # ObjectMeta's `omitempty` maps and lists: a patch that removes the last label
+            # or annotation leaves no `labels: {}` behind (kubectl diff would show it)
+            if f in out["metadata"] and out["metadata"][f] in ({}, [], None):
+                del out["metadata"][f]
         return out
 
     def _place(self, kind: KindInfo, namespace: str | None, obj: Obj) -> str | None:
@@ -856,13 +861,16 @@ class Registry:
 
     def watch(self, kind: KindInfo, namespace: str | None, *, label_selector: str = "",
               field_selector: str = "", resource_version: str = "",
-              allow_bookmarks: bool = False) -> AsyncIterator[tuple[str, Obj]]:
-        """Events for `kind` (see `watch.watch_objects` for the semantics)."""
+              allow_bookmarks: bool = False, send_initial_events: bool | None = None
+              ) -> AsyncIterator[tuple[str, Obj]]:
+        """Events for `kind` (see `watch.watch_objects` for the semantics, also of
+        `send_initial_events`: None is a plain watch)."""
         self._strategy(kind)
         return watch_objects(self.storage, kind, codec.kind_prefix(kind, self._ns(kind, namespace)),
                              lambda: self._selectors(kind, label_selector, field_selector),
                              resource_version=resource_version,
-                             bookmark_interval=self.bookmark_interval if allow_bookmarks else None)
+                             bookmark_interval=self.bookmark_interval if allow_bookmarks else None,
+                             send_initial_events=send_initial_events)
 
     # -- maintenance ---------------------------------------------------------------------
 
@@ -917,6 +925,9 @@ class Registry:
                     await self._remove(k.EVENTS, kv, ev)
                     gone_count += 1
         return gone_count
+
+
+_OMIT_EMPTY_META = ("labels", "annotations", "finalizers", "ownerReferences")
 
 
 def _patch_sets_rv(patch_type: str, doc: Any) -> bool:

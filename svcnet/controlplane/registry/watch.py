@@ -12,7 +12,12 @@
   the watch cache's `convertToWatchEvent` does; DELETED always carries the last state
   with the deletion's resourceVersion;
 * BOOKMARK events (the kind with only `metadata.resourceVersion`) after every
-  `bookmark_interval` seconds without events, when bookmarks are allowed.
+  `bookmark_interval` seconds without events, when bookmarks are allowed;
+* streaming lists (`sendInitialEvents`, KEP-3157, resourceVersionMatch=NotOlderThan):
+  true sends ADDED for the current state (at least as new as the resourceVersion asked
+  for, so never 410) and then a BOOKMARK annotated `k8s.io/initial-events-end: "true"`
+  at the revision of that state; false starts after the resourceVersion asked for, or
+  at the current revision when none was, without synthetic events.
 
 The stream ends (without error) when the store closes or the watcher falls too far
 behind; the client re-watches from the last resourceVersion it saw.
@@ -30,6 +35,8 @@ from svcnet.controlplane.registry.kinds import KindInfo
 from svcnet.controlplane.storage.interface import CompactedError, Storage, StorageError, WatchClosed
 
 Obj = dict[str, Any]
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 def parse_resource_version(value: str) -> int:
@@ -51,14 +58,30 @@ def _typed(kind: KindInfo, obj: Obj) -> Obj:
 
 async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
                         matcher: Callable[[], Callable[[Obj], bool] | None], *,
-                        resource_version: str, bookmark_interval: float | None
-                        ) -> AsyncIterator[tuple[str, Obj]]:
+                        resource_version: str, bookmark_interval: float | None,
+                        send_initial_events: bool | None = None) -> AsyncIterator[tuple[str, Obj]]:
     """See the module docstring. `matcher()` builds the selector predicate (None: no
     selector; raises 400 for a bad selector) when the stream starts."""
     predicate = matcher()
     everything = predicate is None
     match: Callable[[Obj], bool] = predicate if predicate is not None else (lambda obj: True)
-    if resource_version in ("", "0"):
+    end_bookmark = False
+    if send_initial_events is not None:
+        wanted = parse_resource_version(resource_version) if resource_version else 0
+        if wanted > storage.revision:
+            raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
+                           f"{storage.revision}",
+                           {"causes": [{"reason": "ResourceVersionTooLarge",
+                                        "message": "Too large resource version"}],
+                            "retryAfterSeconds": 1})
+    if send_initial_events:
+        page = await storage.range(prefix)
+        initial = [codec.decode(kv) for kv in page.kvs]
+        requested = page.revision
+        end_bookmark = True
+    elif send_initial_events is False and resource_version in ("", "0"):
+        initial, requested = [], storage.revision
+    elif resource_version in ("", "0"):
         page = await storage.range(prefix)
         initial = [codec.decode(kv) for kv in page.kvs]
         requested = page.revision
@@ -72,6 +95,10 @@ async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
         for obj in initial:
             if match(obj):
                 yield "ADDED", _typed(kind, obj)
+        if end_bookmark:
+            yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
+                               "metadata": {"resourceVersion": str(requested),
+                                            "annotations": {INITIAL_EVENTS_END: "true"}}}
         while True:
             try:
                 ev = await w.next(bookmark_interval)

@@ -33,7 +33,10 @@ class FakeRegistry:
         obj["metadata"].setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         return obj
 
-    async def get(self, kind: Any, namespace: str | None, name: str) -> dict[str, Any]:
+    async def get(self, kind: Any, namespace: str | None, name: str, *,
+                  subresource: str | None = None) -> dict[str, Any]:
+        if subresource:
+            self.calls.append(("get", {"subresource": subresource}))
         try:
             return self.objects[(kind.plural, namespace, name)]
         except KeyError:

@@ -109,12 +109,34 @@ def test_namespace_and_deployment_columns() -> None:
         "2/3", 3, 2, "nginx", "nginx:1", "app=web")
 
 
+def test_event_columns_as_kubes_printer() -> None:
+    ev = {"metadata": {"name": "p1.17a", "creationTimestamp": CREATED},
+          "involvedObject": {"kind": "Pod", "name": "p1", "fieldPath": "spec.containers{app}"},
+          "reason": "Pulled", "message": "  Container image already present \n", "type": "Normal",
+          "source": {"component": "kubelet", "host": "n1"},
+          "firstTimestamp": "2026-01-01T11:00:00Z", "lastTimestamp": "2026-01-01T11:55:00Z", "count": 4}
+    t = tables.to_table("", "events", [ev], now=NOW)
+    names = [c["name"] for c in t["columnDefinitions"] if c["priority"] == 0]
+    assert names == ["Last Seen", "Type", "Reason", "Object", "Message"]
+    assert t["rows"][0]["cells"] == ["5m", "Normal", "Pulled", "pod/p1", "spec.containers{app}",
+                                     "kubelet, n1", "Container image already present", "60m", 4, "p1.17a"]
+    # events.k8s.io-style: eventTime, a series, reporting fields, no name on the object
+    ev2 = {"metadata": {"name": "e2"}, "involvedObject": {"kind": "Node"}, "type": "Warning",
+           "eventTime": "2026-01-01T11:58:00.000000Z", "reportingComponent": "svcnet-proxy",
+           "series": {"count": 7, "lastObservedTime": "2026-01-01T11:59:30.000000Z"}}
+    c = cells("", "events", ev2)
+    assert (c["Last Seen"], c["First Seen"], c["Object"], c["Source"], c["Count"]) == (
+        "30s", "2m", "node", "svcnet-proxy", 7)
+    c = cells("", "events", {"metadata": {"name": "e3"}, "involvedObject": {"kind": "Pod", "name": "x"}})
+    assert (c["Last Seen"], c["Count"]) == ("<unknown>", 1)
+
+
 def test_other_kinds_get_name_and_age_and_include_object_modes() -> None:
-    ev = {"metadata": {"name": "e1", "creationTimestamp": CREATED}}
-    t = tables.to_table("", "events", [ev], now=NOW, include_object="None")
+    ev = {"metadata": {"name": "l1", "creationTimestamp": CREATED}}
+    t = tables.to_table("", "configmaps", [ev], now=NOW, include_object="None")
     assert [c["name"] for c in t["columnDefinitions"]] == ["Name", "Age"]
     assert "object" not in t["rows"][0]
-    t = tables.to_table("", "events", [ev], now=NOW, include_object="Object", with_headers=False,
+    t = tables.to_table("", "configmaps", [ev], now=NOW, include_object="Object", with_headers=False,
                         resource_version="7", continue_token="abc")
     assert t["rows"][0]["object"] is ev and t["columnDefinitions"] == []
     assert t["metadata"] == {"resourceVersion": "7", "continue": "abc"}
