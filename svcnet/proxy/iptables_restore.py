@@ -430,8 +430,9 @@ class RestoreWriter:
                 was, now = old.top[(table, chain)], new.top[(table, chain)]
                 if was == now and not self.always_rewrite_top:
                     continue
-                gone = set(was).difference(now)
-                added = [r for r in now if r not in set(was)]
+                before, after = set(was), set(now)
+                gone = before - after
+                added = [r for r in now if r not in before]
                 if self.always_rewrite_top or len(gone) + len(added) > max(1, len(now)) * REWRITE_SHARE + 8:
                     declare[table].append(chain)
                     rules[table].extend(f"-A {chain} {r}\n" for r in now)
