@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -29,7 +28,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from svcnet.controlplane.apiserver import tables
+from svcnet.controlplane.apiserver import negotiation, tables
 from svcnet.controlplane.apiserver.metrics import APIServerMetrics
 from svcnet.controlplane.errors import APIError
 
@@ -75,7 +74,7 @@ class WatchStream:
             rv = obj.get("metadata", {}).get("resourceVersion", "")
             obj = tables.to_table(self.spec.group, self.spec.plural, [], resource_version=rv,
                                   with_headers=False)
-        return json.dumps({"type": etype, "object": obj}, separators=(",", ":")).encode() + b"\n"
+        return negotiation.encode_json({"type": etype, "object": obj}) + b"\n"
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={"Content-Type": self.spec.content_type,

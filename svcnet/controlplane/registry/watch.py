@@ -76,14 +76,14 @@ async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
                             "retryAfterSeconds": 1})
     if send_initial_events:
         page = await storage.range(prefix)
-        initial = [codec.decode(kv) for kv in page.kvs]
+        initial = codec.decode_all(page.kvs)
         requested = page.revision
         end_bookmark = True
     elif send_initial_events is False and resource_version in ("", "0"):
         initial, requested = [], storage.revision
     elif resource_version in ("", "0"):
         page = await storage.range(prefix)
-        initial = [codec.decode(kv) for kv in page.kvs]
+        initial = codec.decode_all(page.kvs)
         requested = page.revision
     else:
         requested = parse_resource_version(resource_version)
