@@ -133,20 +133,26 @@ class FamilyRuleset:
     top_tail: tuple[str, ...] = ()  # nat SVCNET-SERVICES rules after every service's: NodePorts
     localhost_nodeports: bool = False  # the writer sets net.ipv4.conf.all.route_localnet=1
     jumps: Mapping[str, tuple[Jump, ...]] = field(default_factory=lambda: JUMPS)
+    # (table, chain) -> top-level rule -> how many service ports contribute it (several
+    # ports of one Service share a health-check rule). Built once by a full compute and
+    # patched by a partial one, so a one-service change never walks every service.
+    contributions: Mapping[tuple[str, str], Mapping[str, int]] = field(default_factory=dict)
+    # A partial compute names the ports it recomputed and the ruleset it started from
+    # (by id: the writer holds that one, so the id cannot be reused meanwhile).
+    recomputed: frozenset[ServicePortName] | None = None
+    base_id: int = 0
 
     @cached_property
     def top(self) -> dict[tuple[str, str], tuple[str, ...]]:
-        """(table, chain) -> rules of each top-level chain, duplicates removed (several
-        ports of one Service share a health-check rule)."""
-        out: dict[tuple[str, str], dict[str, None]] = {(t, c): {} for t, cs in TOP_CHAINS.items() for c in cs}
-        for sr in self.services.values():
-            for table, chain, rule in sr.top:
-                out[(table, chain)][rule] = None
-        nat_services = out[(NAT, SERVICES)]
-        for rule in self.top_tail:
-            nat_services.pop(rule, None)
-            nat_services[rule] = None  # must stay last
-        return {k: tuple(v) for k, v in out.items()}
+        """(table, chain) -> rules of each top-level chain, without duplicates."""
+        out = {}
+        for t, cs in TOP_CHAINS.items():
+            for c in cs:
+                rules = tuple(self.contributions.get((t, c), ()))
+                if (t, c) == (NAT, SERVICES):  # the NodePort jump must stay last
+                    rules = tuple(r for r in rules if r not in self.top_tail) + self.top_tail
+                out[(t, c)] = rules
+        return out
 
     @cached_property
     def chains(self) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -469,23 +475,46 @@ def compute_family(
     """One family's rules; reuses `previous` for services not in `changed`."""
     cfg = state.config
     fixed, tail = _fixed(cfg, localhost_nodeports)
-    if previous is not None and changed is not None and previous.config == cfg \
-            and previous.localhost_nodeports == localhost_nodeports:
+    # Service rules depend on the node's configuration only (not on the localhost
+    # NodePort option, which shapes the fixed chains): reuse them when it is the same.
+    reused = previous is not None and changed is not None and previous.config == cfg
+    if reused:
+        assert previous is not None and changed is not None
         services = dict(previous.services)
+        counts = {k: dict(v) for k, v in previous.contributions.items()}
         for spn in changed:
-            services.pop(spn, None)
+            old = services.pop(spn, None)
             sp = state.services.get(spn)
-            if sp is not None:
-                services[spn] = service_rules(sp, state.endpoints.get(spn, ()), cfg)
+            new = service_rules(sp, state.endpoints.get(spn, ()), cfg) if sp is not None else None
+            if new is not None:
+                services[spn] = new
+            if old is not None and new is not None and old.top == new.top:
+                continue  # e.g. only endpoints changed: the top-level chains stay as they are
+            _count(counts, old.top if old else (), -1)
+            _count(counts, new.top if new else (), 1)
     else:
         # sorted: the payload (--dry-run, golden tests) must not depend on event order
         order = sorted(state.services, key=lambda n: (n.namespace, n.name, n.port, n.protocol))
         services = {spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), cfg) for spn in order}
+        counts = {(t, c): {} for t, cs in TOP_CHAINS.items() for c in cs}
+        for sr in services.values():
+            _count(counts, sr.top, 1)
     dests = nodeport_destinations(cfg, localhost_nodeports)
     return FamilyRuleset(
         family=cfg.family, config=cfg, services=services, fixed=fixed, top_tail=tail,
-        localhost_nodeports=_wants_route_localnet(cfg, localhost_nodeports, dests),
+        localhost_nodeports=_wants_route_localnet(cfg, localhost_nodeports, dests), contributions=counts,
+        recomputed=changed if reused else None, base_id=id(previous) if reused else 0,
     )
+
+
+def _count(counts: dict[tuple[str, str], dict[str, int]], top: tuple[tuple[str, str, str], ...], delta: int) -> None:
+    for table, chain, rule in top:
+        bucket = counts.setdefault((table, chain), {})
+        n = bucket.get(rule, 0) + delta
+        if n > 0:
+            bucket[rule] = n
+        else:
+            bucket.pop(rule, None)
 
 
 # -- the backend ---------------------------------------------------------------------------------

@@ -215,3 +215,27 @@ def test_anything_foreign_in_the_tables_means_noflush(foreign: str) -> None:
     kernel_equals_desired(fake, rs)
     if foreign == "rule":
         assert fake.tables[4]["nat"]["INPUT"] == ["-s 192.0.2.1/32 -j ACCEPT"]
+
+
+def test_partial_compute_patches_top_level_rules_like_a_full_compute() -> None:
+    two_ports = svc("hc", "10.96.0.200", ("a", 80, "TCP", 30100), ("b", 81, "TCP", 30101), type="NodePort",
+                    externalTrafficPolicy="Local", healthCheckNodePort=32100)
+    objs = objects(3) + [two_ports, eps("hc", ep("10.244.9.1"), ports=(("a", 80, "TCP"), ("b", 81, "TCP")))]
+    rs = Ruleset((compute_family(state(objs, **KW)),))
+    steps: list[tuple[list[dict[str, Any]], set[str]]] = [
+        (objs[:2] + objs[4:], {"s1"}),                                   # delete a service
+        ([o for o in objs[:2] + objs[4:] if o.get("spec", {}).get("ports") != two_ports["spec"]["ports"]]
+         + [svc("hc", "10.96.0.200", ("a", 80, "TCP", 30100), type="NodePort", externalTrafficPolicy="Local",
+                healthCheckNodePort=32100)], {"hc"}),                   # one of two ports sharing a HC rule goes
+        (objs, {"s1", "hc"}),                                             # and everything comes back
+    ]
+    for step, changed in steps:
+        st = state(step, **KW)
+        names = frozenset(n for n in {*st.services, *rs.tables[0].services} if n.name in changed)
+        partial = compute_family(st, rs.tables[0], names)
+        full = compute_family(st)
+        assert partial.recomputed == names and partial.base_id == id(rs.tables[0])
+        assert {k: set(v) for k, v in partial.top.items()} == {k: set(v) for k, v in full.top.items()}
+        assert partial.top[(NAT, SERVICES)][-1] == full.top[(NAT, SERVICES)][-1]
+        rs = Ruleset((partial,))
+    assert any("health check node port" in r for r in rs.tables[0].top[("filter", "SVCNET-NODEPORTS")])
