@@ -222,7 +222,7 @@ async def _run(args: argparse.Namespace, opts) -> int:  # type: ignore[no-untype
 async def _wait_initialized(proxier, feed: asyncio.Task[None]) -> None:  # type: ignore[no-untyped-def]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ONCE_LIST_TIMEOUT
-    while not proxier.initialized:
+    while not proxier.ready_for_first_sync():
         if feed.done():
             exc = feed.exception()
             raise exc if exc else RuntimeError("object source stopped before listing")

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 FULL_SYNC_PERIOD = 3600.0  # kube-proxy's proxyutil.FullSyncPeriod
 INITIAL_BACKOFF = 1.0
+# The first sync also waits this long for the Node and ServiceCIDR lists (they change
+# the configuration, and a second full sync right after the first costs seconds at
+# 10,000 services), but never longer: neither is required to program Services.
+OPTIONAL_LIST_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class Proxier:
                                              options.min_sync_period, options.sync_period, self.clock)
         self.services_synced = False
         self.slices_synced = False
+        self._lists: set[str] = set()
+        self._initialized_at: float | None = None
         self.ruleset: Any = None  # last ruleset the kernel accepted
         self._configs: dict[int, ProxyConfig] = {}
         self._need_full = True
@@ -124,20 +130,22 @@ class Proxier:
         """Subscribe to the source's informers (kube-proxy's handler names)."""
         t = self.tracker
 
-        def changed(fn: Callable[..., None]) -> Callable[..., None]:
+        def changed(fn: Callable[..., None], kind: str = "") -> Callable[..., None]:
             def handler(*objs: Obj) -> None:
                 fn(*objs)
                 self.health.queued()
+                self._count_change(kind)
                 self.runner.run()
             return handler
 
         svc = source.informer(SERVICES)
-        svc.add_handler(FuncHandler(changed(t.on_service_add), changed(t.on_service_update),
-                                    changed(t.on_service_delete)))
+        svc.add_handler(FuncHandler(changed(t.on_service_add, "service"), changed(t.on_service_update, "service"),
+                                    changed(t.on_service_delete, "service")))
         svc.add_synced_callback(lambda: self._synced("services"))
         eps = source.informer(ENDPOINT_SLICES)
-        eps.add_handler(FuncHandler(changed(t.on_endpoint_slice_add), changed(t.on_endpoint_slice_update),
-                                    changed(t.on_endpoint_slice_delete)))
+        eps.add_handler(FuncHandler(changed(t.on_endpoint_slice_add, "endpoints"),
+                                    changed(t.on_endpoint_slice_update, "endpoints"),
+                                    changed(t.on_endpoint_slice_delete, "endpoints")))
         eps.add_synced_callback(lambda: self._synced("endpointslices"))
         nodes = source.informer(NODES)
         nodes.add_handler(FuncHandler(changed(t.on_node_add), changed(t.on_node_update),
@@ -149,18 +157,44 @@ class Proxier:
             self.runner.run()
 
         cidrs.add_handler(FuncHandler(cidrs_changed, cidrs_changed, cidrs_changed))
+        nodes.add_synced_callback(lambda: self._synced("nodes"))
+        cidrs.add_synced_callback(lambda: self._synced("servicecidrs"))
+
+    def _count_change(self, kind: str) -> None:
+        wall = time.time()
+        for f in self.options.families:
+            fam = _fam(f)
+            self.metrics.last_queued.labels(fam).set(wall)
+            if kind == "service":
+                self.metrics.service_changes_total.labels(fam).inc()
+                self.metrics.service_changes_pending.labels(fam).set(self.tracker.pending_service_changes)
+            elif kind == "endpoints":
+                self.metrics.endpoint_changes_total.labels(fam).inc()
+                self.metrics.endpoint_changes_pending.labels(fam).set(self.tracker.pending_endpoint_changes)
 
     def _synced(self, what: str) -> None:
+        self._lists.add(what)
         if what == "services":
             self.services_synced = True
-        else:
+        elif what == "endpointslices":
             self.slices_synced = True
+        if self.initialized and self._initialized_at is None:
+            self._initialized_at = self.clock.now()
         log.debug("initial list received kind=%s", what)
         self.runner.run()
 
     @property
     def initialized(self) -> bool:
         return self.services_synced and self.slices_synced
+
+    def ready_for_first_sync(self) -> bool:
+        """Initialized, and the optional lists are in or have been waited for long enough."""
+        if not self.initialized:
+            return False
+        if self.ruleset is not None or {"nodes", "servicecidrs"} <= self._lists:
+            return True
+        return self._initialized_at is not None and \
+            self.clock.now() - self._initialized_at >= OPTIONAL_LIST_WAIT
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -214,6 +248,10 @@ class Proxier:
         if not self.initialized:
             log.info("not syncing rules until Services and EndpointSlices have been received")
             return None
+        if not self.ready_for_first_sync():
+            log.debug("first sync waits briefly for the Node and ServiceCIDR lists")
+            self.runner.retry_after(0.1)
+            return None
         start = time.monotonic()
         changes = self.tracker.checkpoint()
         self._unsynced.append(changes)
@@ -256,8 +294,9 @@ class Proxier:
         self.synced_once.set()
         # one INFO line per sync that did something; the periodic no-op syncs at DEBUG
         log.log(logging.INFO if (full or stats.ops) else logging.DEBUG,
-                "synced rules mode=%s %s services=%d changed=%d ops=%d in %.1f ms", self.backend.mode, "full" if full else "partial",
-                 sum(len(s.services) for s in states.values()), len(changed), stats.ops, elapsed * 1000)
+                "synced rules mode=%s %s services=%d changed=%d ops=%d in %.1f ms",
+                self.backend.mode, "full" if full else "partial",
+                sum(len(s.services) for s in states.values()), len(changed), stats.ops, elapsed * 1000)
         self.last_result = SyncResult(full, stats.ops, elapsed, len(changed), deleted)
         return self.last_result
 
@@ -269,6 +308,8 @@ class Proxier:
             self.metrics.sync_duration.labels(fam).observe(elapsed)
             (self.metrics.sync_full_duration if full else self.metrics.sync_partial_duration).labels(fam).observe(elapsed)
             self.metrics.last_sync.labels(fam).set(wall)
+            self.metrics.service_changes_pending.labels(fam).set(0)
+            self.metrics.endpoint_changes_pending.labels(fam).set(0)
             for t in triggers:
                 self.metrics.network_programming.labels(fam).observe(max(0.0, wall - t))
 

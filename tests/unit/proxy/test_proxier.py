@@ -37,6 +37,8 @@ def make() -> tuple[Proxier, FakeNft, Source]:
                 clock=FakeClock(), local_addresses=lambda: [])
     src = Source()
     p.attach(src)
+    by_kind(src, "nodes").replace([])
+    by_kind(src, "servicecidrs").replace([])
     return p, fake, src
 
 
@@ -95,3 +97,20 @@ async def test_network_programming_latency_comes_from_the_slice_trigger_time() -
     assert reg.get_sample_value("kubeproxy_network_programming_duration_seconds_count", {"ip_family": "IPv4"}) == 1
     total = reg.get_sample_value("kubeproxy_network_programming_duration_seconds_sum", {"ip_family": "IPv4"})
     assert total is not None and 1.0 <= total < 60
+
+
+async def test_first_sync_waits_briefly_for_node_and_service_cidr_lists() -> None:
+    fake = FakeNft()
+    backend = NftablesBackend.__new__(NftablesBackend)
+    backend.options = BackendOptions(families=(4,))
+    backend.writer = NftWriter(executor=fake, families=(4,))
+    clock = FakeClock()
+    p = Proxier(backend, ProxierOptions(node_name="node-a", families=(4,), conntrack_cleanup=False),
+                clock=clock, local_addresses=lambda: [])
+    src = Source()
+    p.attach(src)
+    by_kind(src, "services").replace([])
+    by_kind(src, "endpointslices").replace([])
+    assert await p.sync() is None, "nodes and servicecidrs not listed yet"
+    await clock.advance(2.5)
+    assert await p.sync() is not None, "but never waits for them for long"
