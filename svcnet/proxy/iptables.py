@@ -30,7 +30,6 @@ did not change; the writer (iptables_restore.py) finds the changed ones by ident
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
@@ -198,10 +197,16 @@ class Ruleset:
 # -- names -------------------------------------------------------------------------------
 
 
+_B32_PAIRS = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
+
+
 def _hash16(text: str) -> str:
-    # 16 base32 characters are exactly the first 10 bytes of the digest: encoding only
-    # those gives kube-proxy's names at a third of the cost (base64's b32 is pure Python).
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
+    """First 16 base32 characters of SHA-256, as kube-proxy names chains. They are
+    exactly the first 10 bytes (80 bits), encoded here 10 bits at a time: the
+    standard library's base32 is pure Python and was the largest single cost of a
+    10,000-service compute (equality with it is unit-tested)."""
+    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    return "".join([_B32_PAIRS[(n >> shift) & 1023] for shift in (70, 60, 50, 40, 30, 20, 10, 0)])
 
 
 @lru_cache(maxsize=200_000)

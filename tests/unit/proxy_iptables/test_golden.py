@@ -64,6 +64,16 @@ def test_chain_names_are_kube_proxys() -> None:
     assert all(len(c) <= 28 for c in (service_chain(spn), endpoint_chain(spn, "[fd00::1]:80")))
 
 
+def test_chain_hash_is_base32_of_sha256() -> None:
+    import base64
+    import hashlib
+
+    from svcnet.proxy.iptables import _hash16
+
+    for text in ("ns1/svc1:p80tcp", "a", "ns/x:ytcp[fd00::1]:80", "é/ü:sctp"):
+        assert _hash16(text) == base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
 def test_dry_run_payload_loads_as_written_order() -> None:
     """Chains are declared before any rule refers to them and the NodePort jump is last."""
     text = ruleset(OBJECTS + MORE, nodeport_addresses=("0.0.0.0/0",)).render()
