@@ -73,10 +73,6 @@ class Jump:
     target: str
     spec: str  # the whole rule after `-A CHAIN`, in iptables -S canonical form
 
-    @property
-    def comment(self) -> str:
-        return self.spec.split('--comment "', 1)[1].split('"', 1)[0] if "--comment" in self.spec else ""
-
 
 def _jump(chain: str, target: str, comment: str, new: bool = False) -> Jump:
     return Jump(chain, target, f'{_NEW if new else ""}-m comment --comment "{comment}" -j {target}')
@@ -167,11 +163,14 @@ class FamilyRuleset:
         return out
 
     def render(self) -> str:
-        """The whole ruleset as one `iptables-restore --noflush` payload (`--dry-run`)."""
+        """The whole ruleset as one `iptables-restore --noflush` payload (`--dry-run`);
+        the jumps from the built-in chains, which the writer inserts only where they
+        are missing, are listed as comments."""
         parts: list[str] = []
         for table in TABLES:
             chains = self.chains[table]
             parts.append(f"*{table}\n")
+            parts.extend(f"# -A {j.chain} {j.spec}\n" for j in self.jumps[table])
             parts.extend(f":{name} - [0:0]\n" for name in chains)
             for name, rules in chains.items():
                 head = f"-A {name} "

@@ -36,7 +36,13 @@ re-reads the kernel (the engine forces a full sync too).
 
 python-iptables (libiptc) is not used to write: it reaches only the legacy backend
 and building 10,000 services' rules through it took ~42 s here against ~1–2 s for
-generating and restoring text.
+generating and restoring text. Nor to read back: libiptc listed 10,000 services'
+chain names in ~0.37 s (plus ~0.5 s to import) against ~0.7 s for
+`iptables-legacy-save -t nat`, but a full write also needs the built-in chains'
+rules as text (exact specs to `-D` stale jumps, and other programs' rules that
+forbid replacing a table whole), which iptables-save prints directly; one reader
+for both backends' text beat a second, legacy-only code path for ~0.3 s per
+(hourly) full sync.
 """
 
 from __future__ import annotations
