@@ -60,6 +60,11 @@ TOP_CHAINS: dict[str, tuple[str, ...]] = {
     NAT: (SERVICES, NODEPORTS),
     FILTER: (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL),
 }
+# kube-proxy's largeClusterEndpointsThreshold: above this many endpoints (all
+# services together) the per-endpoint rules (SEP chains, the SVC jumps to them) carry
+# no comment. At 10,000 services x 3 endpoints that is 60,000 comments, ~40% of the
+# payload that iptables-restore must parse; the Service-level rules keep theirs.
+LARGE_CLUSTER_ENDPOINTS = 1000
 NODEPORTS_COMMENT = '"svcnet service nodeports; NOTE: this must be the last rule in this chain"'
 
 _NEW = "-m conntrack --ctstate NEW "
@@ -136,6 +141,7 @@ class FamilyRuleset:
     # (by id: the writer holds that one, so the id cannot be reused meanwhile).
     recomputed: frozenset[ServicePortName] | None = None
     base_id: int = 0
+    large: bool = False  # per-endpoint rules without comments (LARGE_CLUSTER_ENDPOINTS)
 
     @cached_property
     def top(self) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -327,8 +333,10 @@ def _fixed(cfg: ProxyConfig, localhost_nodeports: bool) -> tuple[dict[str, tuple
 # -- one service port --------------------------------------------------------------------------
 
 
-def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyConfig) -> ServiceRules:
-    """Chains and top-level rules of one service port (kube-proxy's per-service loop)."""
+def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyConfig,
+                  large: bool = False) -> ServiceRules:
+    """Chains and top-level rules of one service port (kube-proxy's per-service loop).
+    `large`: leave the comments off the per-endpoint rules (see LARGE_CLUSTER_ENDPOINTS)."""
     spn = sp.name
     name = str(spn)
     proto = sp.protocol.lower()
@@ -337,13 +345,14 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyCo
     chains: list[Chain] = []
     top: list[tuple[str, str, str]] = []
 
+    sep_comment = "" if large else f"-m comment --comment {name} "
     # Endpoint chains, shared by the cluster and local chains.
     for ep in {e.address: e for e in (*cat.cluster, *cat.local)}.values():
         sep = endpoint_chain(spn, ep.address)
         recent = f"-m recent --name {sep} --set " if sp.affinity_timeout is not None else ""
         chains.append(Chain(sep, (
-            f"-m comment --comment {name} -s {ep.ip} -j {MARK_MASQ}",  # hairpin: a pod reaching itself
-            f"-m comment --comment {name} {recent}{mproto} -j DNAT --to-destination {ep.address}",
+            f"{sep_comment}-s {ep.ip} -j {MARK_MASQ}",  # hairpin: a pod reaching itself
+            f"{sep_comment}{recent}{mproto} -j DNAT --to-destination {ep.address}",
         )))
 
     cluster_ip_match = f'-m comment --comment "{name} cluster IP" {mproto} -d {sp.cluster_ip} --dport {sp.port}'
@@ -355,6 +364,9 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyCo
     elif cfg.local_cidrs:
         masq_rule = f"{cluster_ip_match} -j {MASQ_OFF_CLUSTER}"
 
+    def ep_comment(e: Endpoint) -> str:
+        return "" if large else f'-m comment --comment "{name} -> {e.address}" '
+
     def dispatch(chain: str, eps: tuple[Endpoint, ...], internal: bool) -> None:
         rules: list[str] = []
         if internal and masq_rule:
@@ -362,12 +374,12 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyCo
         if sp.affinity_timeout is not None:
             for e in eps:
                 sep = endpoint_chain(spn, e.address)
-                rules.append(f'-m comment --comment "{name} -> {e.address}" -m recent --name {sep} '
+                rules.append(f"{ep_comment(e)}-m recent --name {sep} "
                              f"--rcheck --seconds {sp.affinity_timeout} --reap -j {sep}")
         n = len(eps)
         for i, e in enumerate(eps):
             draw = f"-m statistic --mode random --probability {probability(n - i)} " if i < n - 1 else ""
-            rules.append(f'-m comment --comment "{name} -> {e.address}" {draw}-j {endpoint_chain(spn, e.address)}')
+            rules.append(f"{ep_comment(e)}{draw}-j {endpoint_chain(spn, e.address)}")
         chains.append(Chain(chain, tuple(rules)))
 
     svc, svl = service_chain(spn), local_chain(spn)
@@ -481,7 +493,8 @@ def compute_family(
     fixed, tail = _fixed(cfg, localhost_nodeports)
     # Service rules depend on the node's configuration only (not on the localhost
     # NodePort option, which shapes the fixed chains): reuse them when it is the same.
-    reused = previous is not None and changed is not None and previous.config == cfg
+    large = sum(map(len, state.endpoints.values())) > LARGE_CLUSTER_ENDPOINTS
+    reused = previous is not None and changed is not None and previous.config == cfg and previous.large == large
     if reused:
         assert previous is not None and changed is not None
         services = dict(previous.services)
@@ -489,7 +502,7 @@ def compute_family(
         for spn in changed:
             old = services.pop(spn, None)
             sp = state.services.get(spn)
-            new = service_rules(sp, state.endpoints.get(spn, ()), cfg) if sp is not None else None
+            new = service_rules(sp, state.endpoints.get(spn, ()), cfg, large) if sp is not None else None
             if new is not None:
                 services[spn] = new
             if old is not None and new is not None and old.top == new.top:
@@ -499,7 +512,8 @@ def compute_family(
     else:
         # sorted: the payload (--dry-run, golden tests) must not depend on event order
         order = sorted(state.services, key=lambda n: (n.namespace, n.name, n.port, n.protocol))
-        services = {spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), cfg) for spn in order}
+        services = {spn: service_rules(state.services[spn], state.endpoints.get(spn, ()), cfg, large)
+                    for spn in order}
         counts = {(t, c): {} for t, cs in TOP_CHAINS.items() for c in cs}
         for sr in services.values():
             _count(counts, sr.top, 1)
@@ -507,7 +521,7 @@ def compute_family(
     return FamilyRuleset(
         family=cfg.family, config=cfg, services=services, fixed=fixed, top_tail=tail,
         localhost_nodeports=_wants_route_localnet(cfg, localhost_nodeports, dests), contributions=counts,
-        recomputed=changed if reused else None, base_id=id(previous) if reused else 0,
+        recomputed=changed if reused else None, base_id=id(previous) if reused else 0, large=large,
     )
 
 

@@ -486,7 +486,8 @@ class RestoreWriter:
 
 def _same_frame(a: FamilyRuleset, b: FamilyRuleset) -> bool:
     """A partial write needs the same fixed chains, jumps and NodePort tail."""
-    return a.fixed == b.fixed and a.top_tail == b.top_tail and a.jumps == b.jumps and a.config == b.config
+    return a.fixed == b.fixed and a.top_tail == b.top_tail and a.jumps == b.jumps and a.config == b.config \
+        and a.large == b.large
 
 
 def _jump_lines(wanted: tuple[Jump, ...], have: KernelTable) -> list[str]:

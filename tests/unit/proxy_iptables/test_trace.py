@@ -160,3 +160,16 @@ def test_ipv6_family() -> None:
     t = tracer(objs, family=6, node_ips=("fd00::2",), cluster_cidrs=("fd00:244::/64",), service_cidrs=())
     _row(t, "fd00:244::9", "tcp", "fd00:96::41", 80, DNAT, ["[fd00:244::1]:80", "[fd00:244::2]:80"], False)
     _row(t, "2001:db8::1", "tcp", "fd00:96::41", 80, DNAT, ["[fd00:244::1]:80", "[fd00:244::2]:80"], True)
+
+
+def test_large_clusters_drop_per_endpoint_comments_and_trace_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    import svcnet.proxy.iptables as ipt
+
+    small = ruleset(CLUSTER)
+    monkeypatch.setattr(ipt, "LARGE_CLUSTER_ENDPOINTS", 2)
+    large = ruleset(CLUSTER)
+    assert large.large and not small.large
+    sep = [r for sr in large.services.values() for c in sr.chains if c.name.startswith("SVCNET-SEP-") for r in c.rules]
+    assert sep and not any("--comment" in r for r in sep)
+    assert any('"ns1/svc1:p80 cluster IP"' in r for r in large.top[("nat", "SVCNET-SERVICES")])
+    _row(tracer(CLUSTER), POD, "tcp", "10.96.0.41", 80, DNAT, ALL3, False)
