@@ -27,8 +27,10 @@ def _row(t, src, proto, dst, port, verdict, endpoints=(), masq=None, from_node=F
 
 @pytest.mark.parametrize("src,proto,dst,port,verdict,endpoints,masq", [
     pytest.param(POD, "tcp", "10.96.0.41", 80, DNAT, ALL3, False, id="pod to ClusterIP: every endpoint, no masquerade"),
-    pytest.param(EXTERNAL, "tcp", "10.96.0.41", 80, DNAT, ALL3, True, id="off-cluster source to ClusterIP is masqueraded"),
-    pytest.param(POD, "tcp", "10.96.0.41", 81, ACCEPT, [], False, id="wrong port on a live ClusterIP: untouched (nft rejects)"),
+    pytest.param(EXTERNAL, "tcp", "10.96.0.41", 80, DNAT, ALL3, True,
+                 id="off-cluster source to ClusterIP is masqueraded"),
+    pytest.param(POD, "tcp", "10.96.0.41", 81, ACCEPT, [], False,
+                 id="wrong port on a live ClusterIP: untouched (nft rejects)"),
     pytest.param(POD, "udp", "10.96.0.41", 80, ACCEPT, [], False, id="wrong protocol: untouched (nft rejects)"),
     pytest.param(POD, "tcp", "10.96.0.99", 80, ACCEPT, [], False, id="unallocated service IP: untouched (nft drops)"),
     pytest.param(POD, "tcp", "10.96.0.50", 80, REJECT, [], None, id="service without endpoints rejects"),
