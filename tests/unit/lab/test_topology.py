@@ -80,3 +80,12 @@ def test_shipped_topologies_parse():
     assert files, "netns-lab/ has no topology"
     for f in files:
         load_topology(f)
+
+
+def test_example_manifests_parse():
+    from svcnet.apiclient.manifests import load_manifests
+
+    files = sorted((REPO / "netns-lab" / "examples").glob("*.yaml"))
+    assert files
+    for f in files:
+        assert load_manifests(f)
