@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import shutil
 import ssl
 import statistics
@@ -167,8 +168,10 @@ def main() -> int:
     cols = list(results)
     rows = ["creates/s", "list JSON ms", "list Table ms", "list limit=500 ms", "watch p50 ms",
             "watch p99 ms", "watch missed"]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{args.services} Services, {args.concurrency} creates in flight, {args.watchers} watchers, "
-          f"{args.writes} watched writes")
+          f"{args.writes} watched writes; {os.cpu_count()} CPUs, load average {load} (figures are "
+          "only comparable on a quiet machine)")
     print(f"{'':20s}" + "".join(f"{c:>14s}" for c in cols)
           + ("   etcd/sqlite" if {"etcd", "sqlite"} <= set(cols) else ""))
     for row in rows:
