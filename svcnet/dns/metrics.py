@@ -28,7 +28,7 @@ from svcnet.dns import wire
 
 # CoreDNS: prometheus.ExponentialBuckets(0.00025, 2, 16)
 DURATION_BUCKETS = tuple(0.00025 * 2 ** i for i in range(16))
-MAX_LABEL_SETS = 4096
+MAX_LABEL_SETS = 1024  # (server, proto, family, type, rcode, plugin) combinations
 
 # CoreDNS reports these query types by name and every other one as "other".
 _KNOWN_TYPES = {wire.A, wire.AAAA, wire.NS, wire.PTR, wire.SOA, wire.SRV, wire.TXT, wire.CNAME,
@@ -72,24 +72,23 @@ class LabelTable:
 
 
 class QueryStats:
-    """Counts and durations written by one thread only (a UDP loop or the event loop)."""
+    """Counts and durations written by one thread only (a UDP loop or the event loop).
 
-    __slots__ = ("counts", "buckets", "sums", "bounds")
+    Plain lists indexed by label id, so the UDP loop can update them inline:
+    `buckets[id][bisect_left(bounds, dt)] += 1; sums[id] += dt`. The request count of a
+    label is the sum of its buckets."""
+
+    __slots__ = ("buckets", "sums", "bounds")
 
     def __init__(self) -> None:
-        self.counts = [0] * MAX_LABEL_SETS
         self.bounds = DURATION_BUCKETS
+        n = len(self.bounds) + 1
         # one histogram per label id (type matters for CoreDNS's duration metric)
-        self.buckets: dict[int, list[int]] = {}
-        self.sums: dict[int, float] = {}
+        self.buckets: list[list[int]] = [[0] * n for _ in range(MAX_LABEL_SETS)]
+        self.sums: list[float] = [0.0] * MAX_LABEL_SETS
 
     def observe(self, label_id: int, seconds: float) -> None:
-        self.counts[label_id] += 1
-        b = self.buckets.get(label_id)
-        if b is None:
-            b = self.buckets[label_id] = [0] * (len(self.bounds) + 1)
-            self.sums[label_id] = 0.0
-        b[bisect_left(self.bounds, seconds)] += 1
+        self.buckets[label_id][bisect_left(self.bounds, seconds)] += 1
         self.sums[label_id] += seconds
 
 
@@ -121,7 +120,8 @@ class DnsCollector(Collector):
         labels = list(self.table.labels)
         for st in list(self.stats):
             for i, lab in enumerate(labels):
-                n = st.counts[i]
+                b = list(st.buckets[i])
+                n = sum(b)
                 if not n:
                     continue
                 server, proto, family, qtype, rcode, plugin = lab
@@ -129,8 +129,6 @@ class DnsCollector(Collector):
                 req[k1] = req.get(k1, 0) + n
                 k2 = (server, ".", "", rcode, plugin)
                 resp[k2] = resp.get(k2, 0) + n
-            for i, b in list(st.buckets.items()):
-                server, _, _, qtype, _, _ = labels[i]
                 k3 = (server, ".", "", qtype)
                 prev, total = hist.get(k3, ([0] * len(b), 0.0))
                 hist[k3] = ([x + y for x, y in zip(prev, b)], total + st.sums[i])
