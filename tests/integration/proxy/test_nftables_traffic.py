@@ -36,7 +36,7 @@ pytestmark = pytest.mark.root
 P1, P2, P3 = PODS["pod1"], PODS["pod2"], PODS["pod3"]
 TCPUDP = (("tcp", 8080, "TCP"), ("udp", 8053, "UDP"))
 ALL = {"pod1", "pod2", "pod3"}
-N = 24  # new connections per check: P(missing one of 3 endpoints) = 3 * (2/3)^24 < 2e-4
+N = 40  # new connections per check: P(missing one of 3 endpoints) = 3 * (2/3)^40 < 3e-7
 
 
 def pod(ip: str, node: str = "node-b", **kw: Any) -> dict[str, Any]:
