@@ -366,17 +366,11 @@ def _endpoint(ep: Obj, port: int, node_name: str) -> Endpoint | None:
     terminating = cond.get("terminating") is True
     hints = ep.get("hints")
     node = ep.get("nodeName")
-    return Endpoint(
-        ip=ip,
-        port=port,
-        node_name=node,
-        is_local=bool(node) and node == node_name,
-        ready=ready,
-        serving=serving,
-        terminating=terminating,
-        zone_hints=_hint_names(hints, "forZones"),
-        node_hints=_hint_names(hints, "forNodes"),
-    )
+    # positional: a full sync converts tens of thousands of these
+    if not hints:
+        return Endpoint(ip, port, node, bool(node) and node == node_name, ready, serving, terminating)
+    return Endpoint(ip, port, node, bool(node) and node == node_name, ready, serving, terminating,
+                    _hint_names(hints, "forZones"), _hint_names(hints, "forNodes"))
 
 
 _NO_HINTS: frozenset[str] = frozenset()
