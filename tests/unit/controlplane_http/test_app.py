@@ -227,11 +227,27 @@ async def test_metrics_count_requests(env: tuple[TestClient, FakeRegistry]) -> N
     assert "apiserver_registered_watchers" in text
 
 
-async def test_streaming_list_request_is_refused_so_clients_fall_back(env: tuple[TestClient, FakeRegistry]) -> None:
-    client, _ = env
+async def test_streaming_list_options_validated_as_upstream(env: tuple[TestClient, FakeRegistry]) -> None:
+    client, registry = env
+    # without allowWatchBookmarks the end of the initial events could not be marked
     r = await client.get("/api/v1/services?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
                          headers=ADMIN)
-    assert r.status == 422 and (await r.json())["reason"] == "Invalid"
+    body = await r.json()
+    assert r.status == 422 and body["reason"] == "Invalid"
+    assert [c["field"] for c in body["details"]["causes"]] == ["allowWatchBookmarks"]
+    r = await client.get("/api/v1/services?watch=1&sendInitialEvents=true&allowWatchBookmarks=1"
+                         "&resourceVersionMatch=Exact", headers=ADMIN)
+    causes = (await r.json())["details"]["causes"]
+    assert r.status == 422 and [c["reason"] for c in causes] == ["FieldValueForbidden", "FieldValueNotSupported"]
+    r = await client.get("/api/v1/services?sendInitialEvents=true", headers=ADMIN)
+    assert r.status == 422 and "only supported on watch requests" in (await r.json())["message"]
+    resp = await client.get("/api/v1/services?watch=1&sendInitialEvents=true&allowWatchBookmarks=1"
+                            "&resourceVersionMatch=NotOlderThan&timeoutSeconds=1", headers=ADMIN)
+    assert resp.status == 200
+    await resp.read()
+    watches = [kw for call, kw in registry.calls if call == "watch"]
+    assert watches[-1] == {"label_selector": "", "field_selector": "", "resource_version": "",
+                           "allow_bookmarks": True, "send_initial_events": True}
 
 
 async def test_shutdown_ends_open_watches(env: tuple[TestClient, FakeRegistry]) -> None:

@@ -551,3 +551,23 @@ async def test_storage_failures_are_api_errors(registry: Registry) -> None:
     with pytest.raises(APIError) as info:
         await registry.create(k.SERVICES, "default", svc("web"))
     assert info.value.code == 500
+
+
+async def test_empty_metadata_maps_are_dropped_as_kube_omitempty(registry: Registry) -> None:
+    obj = svc("web")
+    obj["metadata"]["annotations"] = {"a": "1"}
+    obj["metadata"]["labels"] = {}
+    created, _ = await registry.create(k.SERVICES, "default", obj)
+    assert "labels" not in created["metadata"]
+    for patch_type, body in (("application/merge-patch+json", b'{"metadata":{"annotations":{"a":null}}}'),
+                             ("application/strategic-merge-patch+json",
+                              b'{"metadata":{"labels":{"x":"y"}}}'),
+                             ("application/json-patch+json",
+                              b'[{"op":"remove","path":"/metadata/labels/x"}]')):
+        patched, _, _ = await registry.patch(k.SERVICES, "default", "web", patch_type, body)
+    assert "annotations" not in patched["metadata"] and "labels" not in patched["metadata"]
+    # a dry-run patch (what kubectl diff sends) shows no `annotations: {}` either
+    dry, _, _ = await registry.patch(k.SERVICES, "default", "web", "application/merge-patch+json",
+                                     b'{"metadata":{"annotations":{}}}', dry_run=True)
+    assert "annotations" not in dry["metadata"]
+    assert dry["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]

@@ -142,3 +142,48 @@ async def test_bad_resource_version_is_400(registry: Registry) -> None:
     with pytest.raises(APIError) as info:
         await registry.watch(k.SERVICES, "default", resource_version="abc").__anext__()
     assert info.value.code == 400
+
+
+async def test_streaming_list_initial_events_then_end_bookmark(registry: Registry) -> None:
+    old = registry.current_revision
+    await registry.create(k.SERVICES, "default", svc("web", selector={"app": "web"}))
+    await registry.create(k.SERVICES, "default", svc("api"))
+    await registry.storage.compact(registry.current_revision)
+    # NotOlderThan a compacted resourceVersion: the current state, not 410
+    stream = registry.watch(k.SERVICES, "default", resource_version=str(old), allow_bookmarks=True,
+                            send_initial_events=True, field_selector="metadata.name!=kubernetes")
+    events = await take(stream, 3)
+    assert [(t, n) for t, n, _ in events] == [("ADDED", "api"), ("ADDED", "web"), ("BOOKMARK", "")]
+    assert events[2][2] == str(registry.current_revision)
+    await registry.delete(k.SERVICES, "default", "api")
+    assert [(t, n) for t, n, _ in await take(stream, 1)] == [("DELETED", "api")]
+    await stream.aclose()
+    stream = registry.watch(k.SERVICES, "default", allow_bookmarks=True, send_initial_events=True)
+    names: list[str] = []
+    end: dict[str, Any] = {}
+    while True:
+        typ, obj = await asyncio.wait_for(stream.__anext__(), 2)
+        if typ == "BOOKMARK":
+            end = obj
+            break
+        names.append(obj["metadata"]["name"])
+    assert names == ["kubernetes", "web"]
+    assert end == {"kind": "Service", "apiVersion": "v1",
+                   "metadata": {"resourceVersion": str(registry.current_revision),
+                                "annotations": {"k8s.io/initial-events-end": "true"}}}
+    await stream.aclose()
+
+
+async def test_streaming_list_without_initial_events_and_too_new(registry: Registry) -> None:
+    stream = registry.watch(k.SERVICES, "default", send_initial_events=False)
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.05)  # the stream has started: only changes from now on
+    await registry.create(k.SERVICES, "default", svc("web"))
+    typ, obj = await asyncio.wait_for(first, 2)
+    assert (typ, obj["metadata"]["name"]) == ("ADDED", "web")
+    await stream.aclose()
+    stream = registry.watch(k.SERVICES, "default", send_initial_events=True, allow_bookmarks=True,
+                            resource_version=str(registry.current_revision + 100))
+    with pytest.raises(APIError) as info:
+        await stream.__anext__()
+    assert info.value.code == 504 and "Too large resource version" in info.value.message
