@@ -23,6 +23,7 @@ from svcnet.controlplane.apiserver.negotiation import Negotiated
 from svcnet.controlplane.apiserver.watch import WatchSpec, WatchStream
 from svcnet.controlplane.errors import APIError, bad_request
 from svcnet.controlplane.registry import selectors
+from svcnet.controlplane.registry.codec import gc_paused
 from svcnet.controlplane.registry.kinds import CREATE_ONLY_SUBRESOURCES, KindInfo, subresource_kind
 
 if TYPE_CHECKING:
@@ -288,10 +289,12 @@ class ResourceHandlers:
             resource_version=q.get("resourceVersion", ""))
         if neg.table:
             meta = result.get("metadata", {})
-            return respond(tables.to_table(
-                t.kind.group, t.kind.plural, result.get("items", []),
-                resource_version=meta.get("resourceVersion", ""), continue_token=meta.get("continue", ""),
-                remaining=meta.get("remainingItemCount"), include_object=self._include_object(request)), neg)
+            with gc_paused():  # one row dict per item: an allocation burst without cycles
+                table = tables.to_table(
+                    t.kind.group, t.kind.plural, result.get("items", []),
+                    resource_version=meta.get("resourceVersion", ""), continue_token=meta.get("continue", ""),
+                    remaining=meta.get("remainingItemCount"), include_object=self._include_object(request))
+            return respond(table, neg)
         return respond(result, neg)
 
     async def _watch(self, request: web.Request, t: Target) -> web.StreamResponse:
