@@ -230,3 +230,40 @@ def test_legacy_backend_writes_rules_that_carry_traffic(tmp_path: Path) -> None:
         out = pool.run(lab.node, PY, "-m", "svcnet", "proxy", "--cleanup", check=False)
         assert out.returncode == 0, out.stderr
         assert "SVCNET" not in pool.run(lab.node, "iptables-legacy-save").stdout
+
+
+def test_ipv6_cluster_ip_through_ip6tables(tmp_path: Path) -> None:
+    """The IPv6 family: ip6tables rules from an IPv6 Service and slice, real TCP over
+    IPv6 to the ClusterIP reaching both pods, unmasqueraded from a pod."""
+    gw, client_ip = "fd00:244::1", "fd00:244::20"
+    pods = {"pod1": "fd00:244::11", "pod2": "fd00:244::12"}
+    with NetnsPool("svpi6") as pool:
+        node = pool.netns("node")
+        pool.run(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        where: dict[str, str] = {}
+        for name, ip in [*pods.items(), ("client", client_ip)]:
+            ns = where[name] = pool.netns(name)
+            node_dev, pod_dev = pool.veth(node, None, ns, None)
+            pool.run(node, "ip", "-6", "addr", "add", f"{gw}/128", "dev", node_dev, "nodad")
+            pool.run(ns, "ip", "-6", "addr", "add", f"{ip}/128", "dev", pod_dev, "nodad")
+            pool.run(node, "ip", "-6", "route", "add", f"{ip}/128", "dev", node_dev)
+            pool.run(ns, "ip", "-6", "route", "add", gw, "dev", pod_dev)
+            pool.run(ns, "ip", "-6", "route", "add", "default", "via", gw, "dev", pod_dev)
+        for name in pods:
+            p = pool.popen(where[name], PY, str(Path(__file__).parents[1] / "proxy" / "echo_server.py"), name,
+                           "8080", "8053", "::", stdout=subprocess.PIPE, text=True)
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        objs = [svc("web6", "fd00:96::10", ("tcp", 80, "TCP"), clusterIPs=["fd00:96::10"], ipFamilies=["IPv6"]),
+                eps("web6", ep(pods["pod1"]), ep(pods["pod2"]), ports=(("tcp", 8080, "TCP"),), family="IPv6")]
+        lab = ProxyLab.__new__(ProxyLab)
+        lab.pool, lab.workdir, lab.node = pool, tmp_path, node
+        lab.objects_file = tmp_path / "objects.yaml"
+        lab.write_objects(objs)
+        out = pool.run(node, PY, "-m", "svcnet", "proxy", "--objects", str(lab.objects_file), "--hostname-override",
+                       "node-a", "--node-ip", "fd00::2", "--cluster-cidr", "fd00:244::/64", "--proxy-mode", "iptables",
+                       "--once", check=False)
+        assert out.returncode == 0, out.stderr
+        assert '--comment "ns1/web6:tcp cluster IP"' in pool.run(node, "ip6tables-save").stdout
+        probe = str(Path(__file__).parents[1] / "proxy" / "probe.py")
+        res = json.loads(pool.run(where["client"], PY, probe, "tcp", "fd00:96::10", "80", str(N), "2").stdout)
+        assert reached(res) == {"pod1", "pod2"} and sources(res) == {client_ip}, res
