@@ -122,13 +122,12 @@ async def test_kill_9_one_member_of_three_during_500_writes(tmp_path: Path) -> N
             rvs_a, rvs_b, _ = await asyncio.wait_for(
                 asyncio.gather(writer(a, names[0::2]), writer(b, names[1::2]), killer()), 120)
             assert killed.is_set()
-            print(f"retried after store faults: {len(failures)} {failures[:5]}")
             # each client's acknowledged writes got increasing resourceVersions
             assert rvs_a == sorted(rvs_a) and len(set(rvs_a)) == len(rvs_a)
             assert rvs_b == sorted(rvs_b) and len(set(rvs_b)) == len(rvs_b)
             # the cluster kept accepting writes with the leader dead
             after_kill = [n for n in names[300:] if n in acked]
-            assert len(after_kill) >= 190
+            assert len(after_kill) >= 190, failures
 
             # every acknowledged write is readable, once, as acknowledged (from both servers)
             for reg in (a, b):
