@@ -153,8 +153,12 @@ def _up(args: argparse.Namespace, status: Status) -> int:
                         f"svcnet lab down --name {topo.name} when done.")
         else:
             from svcnet.lab.lab import lab_down
-            asyncio.run(lab_down(topo.name, Status(open(os.devnull, "w"))))
-            status.line("Removed what was built (use --retain to keep it).")
+            try:
+                asyncio.run(lab_down(topo.name, Status(open(os.devnull, "w"))))
+                status.line("Removed what was built (use --retain to keep it).")
+            except (LabError, OSError) as cleanup:
+                _fail(cleanup)
+                status.line(f"Cleanup was incomplete: run `svcnet lab down --name {topo.name}` again.")
         return 1
     kc = LabPaths.of(topo.name).kubeconfig
     status.line("")

@@ -96,21 +96,25 @@ def _signal(pid: int, sig: int) -> None:
 async def teardown(state: StateFile, grace: float = 5.0, dry_run: bool = False) -> TeardownReport:
     """Remove every object `state` (and the files it includes) records."""
     report = TeardownReport()
-    records = list(state.all_records())
+    # 1. processes. A process being stopped may still be creating objects (an agent
+    # setting up a pod while it gets SIGTERM) and journaling them: so stop, re-read
+    # the journals, and repeat until a pass finds nothing new.
     by_kind: dict[str, list[Record]] = {}
-    for rec in records:
-        by_kind.setdefault(rec.kind, []).append(rec)
-
-    # 1. processes
-    targets = [(r.pid, r.start_time, r.name) for r in by_kind.get("process", [])]
-    inodes = {ino for r in by_kind.get("netns", []) if (ino := netns_inode(r.name)) is not None}
-    recorded = {p for p, _, _ in targets}
-    targets += [(pid, st, "process in lab namespace") for pid, st in processes_in_netns(inodes)
-                if pid not in recorded]
-    targets = [t for t in targets if _alive(t[0], t[1])]
-    if dry_run:
-        report.removed += [f"would stop process {n} (pid {p})" for p, _, n in targets]
-    else:
+    for _ in range(5):
+        by_kind = {}
+        for rec in state.all_records():
+            by_kind.setdefault(rec.kind, []).append(rec)
+        targets = [(r.pid, r.start_time, r.name) for r in by_kind.get("process", [])]
+        inodes = {ino for r in by_kind.get("netns", []) if (ino := netns_inode(r.name)) is not None}
+        recorded = {p for p, _, _ in targets}
+        targets += [(pid, st, "process in lab namespace") for pid, st in processes_in_netns(inodes)
+                    if pid not in recorded]
+        targets = [t for t in targets if _alive(t[0], t[1])]
+        if not targets:
+            break
+        if dry_run:
+            report.removed += [f"would stop process {n} (pid {p})" for p, _, n in targets]
+            break
         await stop_processes(targets, grace, report)
 
     # 2. links, newest first

@@ -23,10 +23,7 @@ from typing import Any
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
-TCP = ("import socket,sys\nfor i in range(6):\n s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)"
-       "\n s.sendall(b'\\n'); print(s.recv(200).decode().strip())")
-UDP = ("import socket,sys\nfor i in range(6):\n u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.settimeout(3)"
-       "\n u.sendto(b'\\n',(sys.argv[1],int(sys.argv[2]))); print(u.recv(200).decode().strip())")
+CLIENT = (PY, "-m", "svcnet.lab.apps.client")
 
 
 class Walk:
@@ -95,24 +92,23 @@ def main(argv: list[str] | None = None) -> int:
             w.svcnet("lab", "exec", pod, "--", "dig", "+search", "+short", "web")
             w.svcnet("lab", "exec", pod, "--", "dig", "+short", "SRV", "_http._tcp.web.default.svc.cluster.local")
             w.say("TCP and UDP to the Service by name: each line names the pod that answered")
-            w.svcnet("lab", "exec", pod, "--", PY, "-c", TCP, "web", "80")
-            w.svcnet("lab", "exec", pod, "--", PY, "-c", UDP, "web", "80")
+            w.svcnet("lab", "exec", pod, "--", *CLIENT, "tcp", "web", "80", "-n", "6")
+            w.svcnet("lab", "exec", pod, "--", *CLIENT, "udp", "web", "80", "-n", "6")
             w.say("SCTP (this kernel has no SCTP sockets: scapy on a raw socket, through the same NAT)")
-            for _ in range(3):
-                w.svcnet("lab", "exec", pod, "--", PY, "-m", "svcnet.lab.apps.sctp", "probe", "web", "80")
+            w.svcnet("lab", "exec", pod, "--", *CLIENT, "sctp", "web", "80", "-n", "3")
         nodes = w.kubectl_json("get", "nodes").get("items", [])
         np_port = w.kubectl_json("get", "svc", "web-np").get("spec", {}).get("ports", [{}])[0].get("nodePort")
         w.say("From outside the cluster (the `external` namespace): a NodePort on every node")
         for n in nodes:
             ip = next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
-            w.svcnet("lab", "exec", "external", "--", PY, "-c", TCP, ip, str(np_port))
+            w.svcnet("lab", "exec", "external", "--", *CLIENT, "tcp", ip, str(np_port), "-n", "3")
         lb = w.wait("a LoadBalancer IP", lambda: (w.kubectl_json("get", "svc", "web-lb").get("status", {})
                                                   .get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip"))
         w.say(f"...and the LoadBalancer IP {lb}, routed from `external` to the nodes")
         w.wait("every proxy to program it", lambda: subprocess.run(
-            [PY, "-m", "svcnet", "lab", "exec", "external", "--", PY, "-c", TCP, lb, "80"], env=env,
+            [PY, "-m", "svcnet", "lab", "exec", "external", "--", *CLIENT, "tcp", lb, "80", "-n", "6"], env=env,
             capture_output=True).returncode == 0, timeout=30)
-        w.svcnet("lab", "exec", "external", "--", PY, "-c", TCP, lb, "80")
+        w.svcnet("lab", "exec", "external", "--", *CLIENT, "tcp", lb, "80", "-n", "6")
         w.say("The lab's view: Services as frontends → endpoints")
         w.svcnet("lab", "status")
     finally:
