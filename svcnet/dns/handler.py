@@ -80,13 +80,40 @@ class Handler:
         self.transfer_to = transfer_to
         self.udp_cache: dict[bytes, tuple[bytes, int]] = {}
         self.tcp_cache: dict[bytes, tuple[bytes, int]] = {}
+        # Which remembered replies to forget on a change. A positive answer for a name
+        # under <svc>.<ns>.svc.<zone> depends on that Service and its EndpointSlices
+        # only; every other reply (negative ones carry the SOA serial, which moves on
+        # any change; PTR, NS, CNAME chains, pods) is forgotten on any change.
+        self._by_service: dict[tuple[str, str], list[tuple[dict[bytes, tuple[bytes, int]], bytes]]] = {}
+        self._any_change: list[tuple[dict[bytes, tuple[bytes, int]], bytes]] = []
         self.index.add_listener(self.flush)
 
-    def flush(self) -> None:
-        """Forget every remembered reply (the cluster data changed)."""
-        # clear() in place: the UDP threads hold references to these dicts.
-        self.udp_cache.clear()
-        self.tcp_cache.clear()
+    def flush(self, services: list[tuple[str, str]] | None = None) -> None:
+        """Forget the replies a change may have made wrong (all of them for None)."""
+        # Entries are removed in place: the UDP threads hold references to these dicts.
+        if services is None:
+            self.udp_cache.clear()
+            self.tcp_cache.clear()
+            self._by_service.clear()
+            self._any_change.clear()
+            return
+        for cache, key in self._any_change:
+            cache.pop(key, None)
+        self._any_change.clear()
+        for svc in services:
+            for cache, key in self._by_service.pop(svc, ()):
+                cache.pop(key, None)
+
+    def _remember(self, cache: dict[bytes, tuple[bytes, int]], key: bytes, value: tuple[bytes, int],
+                  q: Query, out: Outcome) -> None:
+        if len(cache) >= RESPONSE_CACHE_LIMIT:
+            self.flush(None)  # a flood of distinct spellings must not grow memory
+        cache[key] = value
+        owner = _owning_service(q.lname, out)
+        if owner is None:
+            self._any_change.append((cache, key))
+        else:
+            self._by_service.setdefault(owner, []).append((cache, key))
 
     # -- entry point -------------------------------------------------------------
 
@@ -169,9 +196,7 @@ class Handler:
         label = self.metrics.table.id(where.server, where.proto, where.family, q.qtype, out.rcode, out.plugin)
         if out.cacheable:
             cache = self.tcp_cache if where.proto == "tcp" else self.udp_cache
-            if len(cache) >= RESPONSE_CACHE_LIMIT:
-                cache.clear()  # a flood of distinct spellings must not grow memory
-            cache[data[2:]] = (reply[2:], label)
+            self._remember(cache, data[2:], (reply[2:], label), q, out)
         where.stats.observe(label, time.perf_counter() - start)
         return [reply]
 
@@ -361,6 +386,19 @@ class Handler:
         edns = q.edns
         return wire.encode(q.id, flags, out.rcode, (q.qname, q.qtype, q.qclass), answer, authority,
                            additional, edns=edns, max_size=max_size)
+
+
+def _owning_service(lname: bytes, out: Outcome) -> tuple[str, str] | None:
+    """(namespace, service) when the reply is a positive answer about that Service's own
+    names (no CNAME to elsewhere, no SOA), else None."""
+    if out.zone is None or out.rcode != wire.NOERROR or not out.answer or out.authority:
+        return None
+    if any(rr.rtype == wire.CNAME for rr in out.answer):
+        return None
+    labels = wire.wire_labels(lname[:len(lname) - len(out.zone.wire)] + b"\x00")
+    if len(labels) < 3 or labels[-1] != b"svc":
+        return None
+    return labels[-2].decode("latin-1"), labels[-3].decode("latin-1")
 
 
 def _speller(asked: bytes, lname: bytes, zone: ServedZone | None) -> Callable[[bytes], bytes] | None:

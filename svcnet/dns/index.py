@@ -10,7 +10,9 @@ Contract:
 * Mutations (`set_*`) run on the event-loop thread only. Each one that changes DNS
   data bumps `version`, sets the serial to the current Unix time and calls the change
   listeners synchronously, so the response caches are flushed before the next query
-  is looked up on that thread.
+  is looked up on that thread. Listeners are told what changed (kube-proxy's change
+  tracking): the (namespace, service) pairs whose own names may answer differently,
+  or None when anything may have (a namespace, a pod, the first sync).
 * Readers on other threads only read the response caches, never this index.
 * A namespace exists when a Namespace object says so or when any Service,
   EndpointSlice or Pod lives in it. In a real cluster both are the same (objects
@@ -57,7 +59,7 @@ class ClusterIndex:
         self.version = 0
         self.serial = 0
         self.synced = False
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[list[Key] | None], None]] = []
 
     # -- reading ---------------------------------------------------------------
 
@@ -84,14 +86,16 @@ class ClusterIndex:
 
     # -- change notification ---------------------------------------------------
 
-    def add_listener(self, fn: Callable[[], None]) -> None:
+    def add_listener(self, fn: Callable[[list[Key] | None], None]) -> None:
+        """`fn(services)` after every change: the (namespace, name) of the Services whose
+        names may answer differently, or None for "anything"."""
         self._listeners.append(fn)
 
-    def _changed(self) -> None:
+    def _changed(self, services: list[Key] | None) -> None:
         self.version += 1
         self.serial = int(self._clock())
         for fn in self._listeners:
-            fn()
+            fn(services)
 
     def mark_synced(self) -> None:
         if not self.synced:
@@ -100,7 +104,7 @@ class ClusterIndex:
                 self.serial = int(self._clock())
             self.version += 1
             for fn in self._listeners:
-                fn()
+                fn(None)
 
     # -- mutation --------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class ClusterIndex:
             self.namespace_objects.add(name)
         else:
             self.namespace_objects.discard(name)
-        self._changed()
+        self._changed(None)
         return True
 
     def set_service(self, key: Key, rec: ServiceRecord | None) -> bool:
@@ -136,7 +140,7 @@ class ClusterIndex:
             for ip in rec.cluster_ips:
                 self.svc_by_ip.setdefault(norm_ip(ip), set()).add(key)
             self._ref(key[0], +1)
-        self._changed()
+        self._changed([key])
         return True
 
     def set_slice(self, key: Key, rec: SliceRecord | None) -> bool:
@@ -163,7 +167,8 @@ class ClusterIndex:
             if rec.service:
                 self.slices_by_service.setdefault((key[0], rec.service), {})[key[1]] = rec
             self._ref(key[0], +1)
-        self._changed()
+        owners = {(key[0], r.service) for r in (old, rec) if r is not None}
+        self._changed(sorted(owners))
         return True
 
     def set_pod(self, key: Key, rec: PodRecord | None) -> bool:
@@ -180,7 +185,7 @@ class ClusterIndex:
             for ip in rec.ips:
                 self.pod_by_ip.setdefault(norm_ip(ip), set()).add(key)
             self._ref(key[0], +1)
-        self._changed()
+        self._changed(None)
         return True
 
 

@@ -238,3 +238,31 @@ def test_serial_moves_only_on_dns_visible_changes() -> None:
     assert not index.set_service(("testns", "a"), service_record(obj)) and index.serial == 100
     obj["spec"]["ports"][0]["port"] = 8080
     assert index.set_service(("testns", "a"), service_record(obj)) and index.serial == 200
+
+
+async def test_a_change_forgets_only_the_replies_it_can_affect() -> None:
+    from svcnet.dns.records import service_record, slice_record
+    from .harness import ask
+    h = make_handler()
+    for name in (f"svc1.{T}", f"dual.{T}", f"hdls1.{T}", f"nope.{T}"):
+        await ask(h, name, "A")
+    keys = {name: k for k in h.udp_cache for name in (f"svc1.{T}", f"dual.{T}", f"hdls1.{T}", f"nope.{T}")
+            if dnslib_name(k) == name}
+    assert len(keys) == 4
+    # an endpoint of hdls1 goes away: hdls1's answer and every negative one (the SOA
+    # serial moved) are forgotten, svc1's and dual's stay
+    h.index.set_slice(("testns", "hdls1-v4"), slice_record(slice_("hdls1-v4", "testns", "hdls1", [ep("172.0.0.2")], [HTTP])))
+    assert keys[f"svc1.{T}"] in h.udp_cache and keys[f"dual.{T}"] in h.udp_cache
+    assert keys[f"hdls1.{T}"] not in h.udp_cache and keys[f"nope.{T}"] not in h.udp_cache
+    r = await ask(h, f"hdls1.{T}", "A")
+    assert sorted(str(x.rdata) for x in r.rr) == ["172.0.0.2"]
+    # a Service change forgets that Service's answers
+    h.index.set_service(("testns", "svc1"), service_record(svc("svc1", "testns", ["10.0.0.111"], [HTTP])))
+    assert keys[f"svc1.{T}"] not in h.udp_cache and keys[f"dual.{T}"] in h.udp_cache
+    assert [str(x.rdata) for x in (await ask(h, f"svc1.{T}", "A")).rr] == ["10.0.0.111"]
+
+
+def dnslib_name(key: bytes) -> str:
+    """The question name of a remembered query (the key is the query without its ID)."""
+    import dnslib
+    return str(dnslib.DNSRecord.parse(b"\x00\x00" + key).q.qname)
