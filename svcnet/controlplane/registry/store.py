@@ -530,9 +530,11 @@ class Registry:
 
     async def _update_from(self, kind: KindInfo, strategy: Strategy, kv: KeyValue, old: Obj,
                            new: Obj, subresource: str | None, dry_run: bool, field_manager: str,
-                           operation: str) -> Obj:
+                           operation: str, *, recorded_subresource: str | None = None) -> Obj:
         """Turn the requested object into the stored one and write it if it changed.
-        Raises Stale when the object moved on since `kv` was read."""
+        Raises Stale when the object moved on since `kv` was read. `recorded_subresource`
+        names the managedFields entry's subresource for a write that arrived through a
+        view of the object (deployments/scale) but is applied as a main-resource write."""
         name = old["metadata"]["name"]
         new["kind"], new["apiVersion"] = kind.kind, kind.api_version
         if not isinstance(new.get("metadata"), dict):
@@ -575,7 +577,7 @@ class Registry:
         if strategy.tracks_generation and strategy.spec_changed(new, old):
             new["metadata"]["generation"] = int(old["metadata"].get("generation") or 0) + 1
         if operation != "Apply":
-            new = self._record_manager(kind, old, new, field_manager, subresource)
+            new = self._record_manager(kind, old, new, field_manager, recorded_subresource or subresource)
         if _same(new, old):
             return old  # a no-op write: no new resourceVersion, no watch event
         plan = self._plan(kind, new, old) if subresource is None else None

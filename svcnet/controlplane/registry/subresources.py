@@ -45,7 +45,7 @@ async def write_scale(reg: Registry, kind: KindInfo, namespace: str | None, name
         new.setdefault("spec", {})["replicas"] = desired["spec"]["replicas"]
         try:
             result = await reg._update_from(kind, strategy, kv, old, new, None, dry_run,
-                                            field_manager, "Update")
+                                            field_manager, "Update", recorded_subresource="scale")
         except Stale:
             if requested_rv:
                 raise conflict(kind.plural, name, kind.group) from None

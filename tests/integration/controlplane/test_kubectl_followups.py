@@ -164,13 +164,14 @@ def test_field_manager_defaults_to_user_agent_product(api: ApiServer, ns: str) -
     code, out = raw_json(api, "PATCH", f"/api/v1/namespaces/{ns}/services/ua?fieldManager=explicit",
                          {"metadata": {"labels": {"a": "b"}}},
                          headers={"Content-Type": "application/merge-patch+json", "User-Agent": "x/1"})
-    assert code == 200 and {"svcnet-probe", "explicit"} == {m["manager"] for m in out["metadata"]["managedFields"]}
+    assert code == 200
+    assert {m["manager"] for m in out["metadata"]["managedFields"]} == {"svcnet-probe", "explicit"}
     # kubectl scale names no manager: kube-apiserver records the User-Agent's product
     api.kubectl("create", "deployment", "d", "--image=nginx", "-n", ns)
     api.kubectl("scale", "deployment", "d", "--replicas=2", "-n", ns)
-    managers = {m["manager"] for m in api.kubectl_json("get", "deployment", "d", "-n", ns,
-                                                        "--show-managed-fields")["metadata"]["managedFields"]}
-    assert managers == {"kubectl-create", "kubectl"}
+    dep = api.kubectl_json("get", "deployment", "d", "-n", ns, "--show-managed-fields")
+    managers = {(m["manager"], m.get("subresource", "")) for m in dep["metadata"]["managedFields"]}
+    assert managers == {("kubectl-create", ""), ("kubectl", "scale")}
 
 
 EVENT = """\
@@ -268,9 +269,11 @@ def test_client_side_apply_changes_target_port_with_set_element_order(api: ApiSe
 
 
 def test_server_side_apply_conflict_and_force(api: ApiServer, ns: str, tmp_path: Path) -> None:
-    api.kubectl("apply", "--server-side", "-n", ns, "-f", write(tmp_path, "a.yaml", TWO_PORTS % {"http": 8080}))
+    mine = write(tmp_path, "a.yaml", TWO_PORTS % {"http": 8080})
+    api.kubectl("apply", "--server-side", "-n", ns, "-f", mine)
     other = write(tmp_path, "b.yaml", TWO_PORTS % {"http": 7070})
-    res = api.kubectl("apply", "--server-side", "--field-manager=other", "-n", ns, "-f", other, check=False)
+    res = api.kubectl("apply", "--server-side", "--field-manager=other", "-n", ns, "-f", other,
+                      check=False)
     assert res.returncode != 0
     assert 'Apply failed with' in res.stderr and 'conflict with "kubectl"' in res.stderr
     assert ".spec.ports[port=80,protocol=\"TCP\"].targetPort" in res.stderr
