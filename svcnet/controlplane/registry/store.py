@@ -447,6 +447,8 @@ class Registry:
             if dry_run:
                 if plan:
                     plan.abort()
+                if await self.storage.get(key) is not None:  # as the real write would fail
+                    raise already_exists(kind.plural, name, kind.group)
                 return obj
             compares = [Compare(key, 0)]
             if ns_kv is not None:

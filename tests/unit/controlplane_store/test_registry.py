@@ -369,6 +369,11 @@ async def test_dry_run_writes_nothing(registry: Registry) -> None:
     await registry.update(k.SERVICES, "default", "kubernetes", kube, dry_run=True)
     await registry.delete(k.SERVICES, "default", "kubernetes", dry_run=True)
     assert registry.current_revision == rev and registry.allocator.ips.used == used
+    # a dry-run create answers as the real one would: 409 for an existing name
+    with pytest.raises(APIError) as info:
+        await registry.create(k.SERVICES, "default", svc("kubernetes"), dry_run=True)
+    assert info.value.reason == "AlreadyExists"
+    assert registry.allocator.ips.used == used
 
 
 async def test_field_validation_modes(registry: Registry) -> None:
