@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 from svcnet.apiclient.objects import Obj, annotations_of, labels_of, meta, name_of, namespace_of
@@ -106,7 +107,7 @@ class Endpoint:
     zone_hints: frozenset[str] = frozenset()
     node_hints: frozenset[str] = frozenset()
 
-    @property
+    @cached_property
     def address(self) -> str:
         """`ip:port`, bracketed for IPv6 (the form iptables and nft DNAT targets take)."""
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"

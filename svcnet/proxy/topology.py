@@ -32,6 +32,8 @@ def topology_mode(endpoints: tuple[Endpoint, ...], node_name: str, zone: str) ->
     ready = [e for e in endpoints if e.ready]
     if not ready:
         return ""
+    if not ready[0].node_hints and not ready[0].zone_hints:
+        return ""  # hints count only when every ready endpoint has them: the common case ends here
     if all(e.node_hints for e in ready) and any(node_name in e.node_hints for e in ready):
         return PREFER_SAME_NODE
     if all(e.zone_hints for e in ready) and zone and any(zone in e.zone_hints for e in ready):
