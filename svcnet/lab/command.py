@@ -57,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if name == "logs":
             p.add_argument("component", nargs="?")
             p.add_argument("--lines", type=int, default=0, help="only the last N lines")
+            p.add_argument("--export", metavar="DIR", type=Path, default=None,
+                           help="copy every log, lab.json, the state file and each pod's logs into DIR "
+                                "(attach it to a bug report, as with kind export logs)")
         if name == "exec":
             p.add_argument("-n", "--namespace", default=None, help="the pod's namespace (default: search all)")
             p.add_argument("target", help="POD, NODE or external")
@@ -174,7 +177,21 @@ def _up(args: argparse.Namespace, status: Status) -> int:
 def _logs(name: str, args: argparse.Namespace) -> int:
     from svcnet.lab.lab import LabPaths
 
-    logs = LabPaths.of(name).dir / "logs"
+    paths = LabPaths.of(name)
+    logs = paths.dir / "logs"
+    if args.export:
+        import shutil
+
+        dest = args.export / name
+        shutil.copytree(logs, dest / "logs", dirs_exist_ok=True)
+        for node_dir in sorted((paths.dir / "nodes").glob("*")):
+            if (node_dir / "pods").is_dir():
+                shutil.copytree(node_dir / "pods", dest / "nodes" / node_dir.name / "pods", dirs_exist_ok=True)
+        for f in (paths.meta, paths.dir / "state.jsonl"):
+            if f.exists():
+                shutil.copy2(f, dest / f.name)
+        print(dest)
+        return 0
     if not args.component:
         for f in sorted(logs.glob("*.log")):
             print(f.stem)

@@ -207,6 +207,7 @@ class LabUp:
             with self.status.step("Starting node agents 🚜"):
                 for node in topo.nodes:
                     node_dir = self.paths.node_dir(node.name)
+                    (node_dir / "manifests").mkdir(parents=True, exist_ok=True)  # static pods go here
                     self.state.record(Record("include", str(node_dir / "state.jsonl"), owner=f"node/{node.name}"))
                     labels = [f"{k}={v}" for k, v in node.labels]
                     if node.role == "control-plane":
@@ -217,7 +218,7 @@ class LabUp:
                         "--node-ip", str(node.underlay_ip), "--pod-cidr", str(node.pod_cidr),
                         "--state-dir", str(node_dir), "--cluster-dns", str(net.cluster_dns),
                         "--cluster-domain", net.dns_domain, "--node-labels", ",".join(labels),
-                        "--stop-pods-on-exit"))
+                        "--pod-manifest-path", str(node_dir / "manifests"), "--stop-pods-on-exit"))
                 await self.wait_for("every Node to be Ready", lambda: self._nodes_ready(client),
                                     [f"node-agent-{n.name}" for n in topo.nodes] + ["apiserver"])
 

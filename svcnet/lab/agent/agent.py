@@ -11,9 +11,10 @@ a deletionTimestamp is stopped within its grace period, its sandbox removed, and
 then deleted for good (grace 0, uid precondition) — as the kubelet finishes a
 graceful deletion. A pod that vanished (force-deleted) is stopped at once.
 
-Static pods come from `--pod-manifest-path`: they run from the file, named
-`<name>-<node>`, and a mirror pod (annotation `kubernetes.io/config.mirror`)
-makes them visible in the API.
+Static pods come from `--pod-manifest-path` (rescanned every 5 s): they run from
+the file, named `<name>-<node>`, and a mirror pod (annotation
+`kubernetes.io/config.mirror`) makes them and their status visible in the API;
+removing the file stops the pod and deletes the mirror.
 
 On start, whatever an earlier run of this agent left (its state file) is torn
 down first: pods are recreated rather than adopted, so a restarted agent restarts
@@ -89,7 +90,7 @@ class NodeAgent:
         try:
             await self.pods.wait_for_sync()
             await self.services.wait_for_sync()
-            self._load_static_pods()
+            tasks.append(asyncio.create_task(self._static_pod_loop(), name="static-pods"))
             self.registration.set_ready(True)
             log.info("node=%s ready: pods synced", self.cfg.name)
             await asyncio.gather(*tasks)
@@ -187,7 +188,7 @@ class NodeAgent:
                 status = w.status()
                 if self._written.get(uid) == status:
                     continue
-                name = w.name if uid not in self.static_pods else mirror_name(w.pod, self.cfg.name)
+                name = w.name  # a static pod's mirror has the same name
                 try:
                     await self.client.patch(PODS, name, {"status": status}, w.namespace,
                                             patch_type=PatchType.MERGE, subresource="status")
@@ -235,9 +236,11 @@ class NodeAgent:
 
     # -- static pods ------------------------------------------------------------------
 
-    def _load_static_pods(self) -> None:
+    def _read_static_pods(self) -> dict[str, Obj]:
+        """Every pod in the manifest directory, by its content-derived uid."""
+        found: dict[str, Obj] = {}
         if self.manifest_path is None or not self.manifest_path.is_dir():
-            return
+            return found
         for f in sorted(self.manifest_path.iterdir()):
             if f.suffix not in (".yaml", ".yml", ".json"):
                 continue
@@ -251,15 +254,28 @@ class NodeAgent:
                     log.error("%s: %s is not a Pod; static manifests hold pods only", f, obj.get("kind"))
                     continue
                 pod = static_pod(obj, self.cfg.name, f)
-                self.static_pods[str(meta(pod)["uid"])] = pod
-                asyncio.get_running_loop().create_task(self._create_mirror(pod))
-        if self.static_pods:
-            log.info("static pods from %s: %s", self.manifest_path,
-                     ", ".join(key_of(p) for p in self.static_pods.values()))
-            self._dirty.set()
+                found[str(meta(pod)["uid"])] = pod
+        return found
+
+    async def _static_pod_loop(self, interval: float = 5.0) -> None:
+        """Watch the manifest directory (a rescan every few seconds, as the kubelet's
+        file source does): new files start pods and mirror pods, removed ones stop them."""
+        while True:
+            found = self._read_static_pods()
+            if found.keys() != self.static_pods.keys():
+                for uid in found.keys() - self.static_pods.keys():
+                    log.info("static pod added pod=%s", key_of(found[uid]))
+                    asyncio.get_running_loop().create_task(self._create_mirror(found[uid]))
+                for uid in self.static_pods.keys() - found.keys():
+                    log.info("static pod removed pod=%s", key_of(self.static_pods[uid]))
+                    asyncio.get_running_loop().create_task(self._delete_mirror(self.static_pods[uid]))
+                self.static_pods = found
+                self._dirty.set()
+            await asyncio.sleep(interval)
 
     async def _create_mirror(self, pod: Obj) -> None:
         mirror = {k: v for k, v in pod.items() if k != "status"}
+        mirror["metadata"] = {k: v for k, v in mirror["metadata"].items() if k != "uid"}
         try:
             await self.client.create(PODS, mirror, meta(pod).get("namespace"))
         except errors.AlreadyExists:
@@ -267,9 +283,14 @@ class NodeAgent:
         except (errors.ApiError, errors.TransportError, OSError) as e:
             log.warning("mirror pod for %s not created: %s", key_of(pod), e)
 
-
-def mirror_name(pod: Obj, node: str) -> str:
-    return str(meta(pod)["name"])
+    async def _delete_mirror(self, pod: Obj) -> None:
+        try:
+            await self.client.delete(PODS, str(meta(pod)["name"]), str(meta(pod).get("namespace")),
+                                     grace_period_seconds=0)
+        except errors.NotFound:
+            pass
+        except (errors.ApiError, errors.TransportError, OSError) as e:
+            log.warning("mirror pod for %s not deleted: %s", key_of(pod), e)
 
 
 def static_pod(obj: Obj, node: str, source: Path) -> Obj:

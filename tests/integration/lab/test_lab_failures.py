@@ -73,3 +73,22 @@ def test_agent_stop_proxy_restart_dns_restart(tmp_path: Path, lab_name: str) -> 
         finally:
             restarted.terminate()
             restarted.wait(timeout=10)
+
+
+def test_static_pod_from_a_manifest_directory(tmp_path: Path, lab_name: str) -> None:
+    with running_lab(tmp_path, lab_name, dns_replicas=0) as lab:
+        node = f"{lab_name}-worker"
+        manifests = lab.root / lab_name / "nodes" / node / "manifests"
+        (manifests / "static-echo.yaml").write_text(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: static-echo, namespace: default}\n"
+            "spec: {containers: [{name: echo, image: svcnet/echo, ports: [{containerPort: 8080}]}]}\n")
+        mirror = f"static-echo-{node}"
+        pod = lab.until("the mirror pod Running", lambda: (lambda p: p if (p.get("status") or {}).get("phase")
+                                                            == "Running" else None)(lab.json("get", "pod", mirror)))
+        assert pod["spec"]["nodeName"] == node
+        assert "kubernetes.io/config.mirror" in pod["metadata"]["annotations"]
+        ip = pod["status"]["podIP"]
+        answer = lab.exec(node, PY, "-m", "svcnet.lab.apps.client", "tcp", ip, "8080", "-m", "hostname")
+        assert answer == mirror
+        (manifests / "static-echo.yaml").unlink()
+        lab.until("the mirror pod gone", lambda: mirror not in lab.kubectl("get", "pods", "-o", "name"))
