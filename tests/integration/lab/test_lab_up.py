@@ -148,3 +148,24 @@ def test_up_dry_run_prints_ip_commands(tmp_path: Path, lab_name: str) -> None:
     r = Lab(lab_name, tmp_path / "labs").svcnet("up", str(topo), "--dry-run")
     assert f"ip netns add {lab_name}-underlay" in r.stdout
     assert not [n for n in list_netns() if n.startswith(lab_name + "-")]
+
+
+def test_a_failed_up_cleans_up_unless_retained(tmp_path: Path, lab_name: str) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 99999}]}\n")
+    topo = tmp_path / "t.lab.yaml"
+    topo.write_text(f"name: {lab_name}\nnodes: [{{role: control-plane}}]\ndns: {{replicas: 0}}\n"
+                    f"manifests: [{bad}]\n")
+    lab = Lab(lab_name, tmp_path / "labs")
+    r = lab.svcnet("up", str(topo), check=False)
+    assert r.returncode == 1 and "kubectl apply" in r.stderr and "Removed what was built" in r.stderr
+    assert not [n for n in list_netns() if n.startswith(lab_name + "-")]
+    assert not (lab.root / lab_name).exists()
+    try:
+        r = lab.svcnet("up", str(topo), "--retain", check=False)
+        assert r.returncode == 1 and "--retain" in r.stderr
+        assert f"{lab_name}-control-plane" in list_netns()
+        assert "apiserver" in lab.svcnet("logs", "--name", lab_name).stdout.split()
+    finally:
+        lab.svcnet("down", "--name", lab_name)
+    assert not [n for n in list_netns() if n.startswith(lab_name + "-")]

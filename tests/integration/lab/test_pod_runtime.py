@@ -150,3 +150,20 @@ async def test_unknown_image_without_command_is_reported(node):
                 == "CreateContainerError", what="CreateContainerError")
     assert "not built in" in reports[-1]["containerStatuses"][0]["state"]["waiting"]["message"]
     await w.terminate(grace=1)
+
+
+async def test_graceful_deletion_sigterm_then_sigkill_after_the_grace_period(node):
+    n, ctx, reports, etc = node
+    polite = PodWorker(pod("polite", containers=[{
+        "name": "c", "image": "x", "command": ["sleep", "300"]}]), ctx)
+    stubborn = PodWorker(pod("stubborn", containers=[{
+        "name": "c", "image": "x", "command": ["sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"]}]), ctx)
+    for w in (polite, stubborn):
+        w.start()
+    await until(lambda: "c" in polite.processes and "c" in stubborn.processes
+                and polite.processes["c"].running() and stubborn.processes["c"].running(), what="both running")
+    await asyncio.gather(polite.terminate(grace=5), stubborn.terminate(grace=1))
+    assert polite.processes["c"].proc.returncode == -signal.SIGTERM  # stopped by SIGTERM within the grace
+    assert stubborn.processes["c"].proc.returncode == -signal.SIGKILL  # ignored SIGTERM: killed after it
+    for w in (polite, stubborn):
+        assert not netns_exists(w.sandbox.netns)
