@@ -43,7 +43,7 @@ def pod(ip: str, node: str = "node-b", **kw: Any) -> dict[str, Any]:
     return ep(ip, node=node, **kw)
 
 
-def objects(udp_backend: str = P2) -> list[dict[str, Any]]:
+def objects(udp_backend: str = P2, node_taints: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
     return [
         svc("web", "10.96.0.10", ("tcp", 80, "TCP", 30080), ("udp", 53, "UDP", 30053), type="NodePort",
             externalIPs=["198.18.0.10"]),
@@ -91,6 +91,7 @@ def objects(udp_backend: str = P2) -> list[dict[str, Any]]:
         # this node: its zone label is what topology hints are matched against
         {"apiVersion": "v1", "kind": "Node",
          "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+         "spec": {"taints": node_taints or []},
          "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}},
     ]
 
@@ -265,6 +266,27 @@ def test_metrics_carry_kube_proxy_names(lab: ProxyLab) -> None:
                  "kubeproxy_sync_proxy_rules_no_local_endpoints_total"):
         assert name in text, name
     assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1.0' in text
+
+
+def test_healthz_reports_a_node_being_removed(lab: ProxyLab) -> None:
+    script = ("import json,sys,urllib.request as u\n"
+              "try:\n r=u.urlopen(sys.argv[1],timeout=5); c=r.status; b=r.read()\n"
+              "except u.HTTPError as e:\n c=e.code; b=e.read()\n"
+              "print(json.dumps([c, json.loads(b)]))")
+
+    def get(path: str) -> list[Any]:
+        return list(json.loads(lab.pool.run(lab.node, PY, "-c", script, f"http://127.0.0.1:10256{path}").stdout))
+
+    code, body = get("/healthz")
+    assert code == 200 and body["nodeEligible"] is True and "lastUpdated" in body
+    # the cluster autoscaler marks the node for removal: load balancers must drain it
+    lab.write_objects(objects(udp_backend=P3, node_taints=[{"key": "ToBeDeletedByClusterAutoscaler",
+                                                             "effect": "NoSchedule"}]))
+    wait_for(lambda: get("/healthz")[0] == 503, 20, lab.log)
+    assert get("/healthz")[1]["nodeEligible"] is False
+    assert get("/livez")[0] == 200, "the proxy itself is alive"
+    lab.write_objects(objects(udp_backend=P3))
+    wait_for(lambda: get("/healthz")[0] == 200, 20, lab.log)
 
 
 def test_a_restart_keeps_session_affinity(lab: ProxyLab) -> None:
