@@ -35,11 +35,13 @@ from svcnet.lab.names import LabNames
 from svcnet.lab.netns import nsenter_net_argv
 from svcnet.lab.plan import apply_plan, existing_namespaces, lab_network_plan
 from svcnet.lab.progress import Status
-from svcnet.lab.state import Record, StateFile, process_start_time
+from svcnet.lab.state import Record, StateFile
 from svcnet.lab.teardown import teardown
 from svcnet.lab.topology import Topology
 
 log = logging.getLogger("svcnet.lab")
+
+PROXY_HEALTHZ_PORT = 10256  # `svcnet proxy --healthz-bind-address` default, as kube-proxy's
 
 
 def lab_root() -> Path:
@@ -218,7 +220,7 @@ class LabUp:
                         "--node-ip", str(node.underlay_ip), "--pod-cidr", str(node.pod_cidr),
                         "--state-dir", str(node_dir), "--cluster-dns", str(net.cluster_dns),
                         "--cluster-domain", net.dns_domain, "--node-labels", ",".join(labels),
-                        "--pod-manifest-path", str(node_dir / "manifests"), "--stop-pods-on-exit"))
+                        "--pod-manifest-path", str(node_dir / "manifests")))
                 await self.wait_for("every Node to be Ready", lambda: self._nodes_ready(client),
                                     [f"node-agent-{n.name}" for n in topo.nodes] + ["apiserver"])
 
@@ -229,8 +231,8 @@ class LabUp:
                         "--hostname-override", node.name, "--node-ip", str(node.underlay_ip),
                         "--cluster-cidr", str(net.pod_subnet), "--service-cidr", str(net.service_subnet),
                         "--proxy-mode", topo.proxy_mode))
-                await self.wait_for("proxies to start", lambda: self._started(
-                    [f"proxy-{n.name}" for n in topo.nodes]), [f"proxy-{n.name}" for n in topo.nodes], timeout=10)
+                await self.wait_for("every proxy's /healthz (first sync done)", self._proxies_healthy,
+                                    [f"proxy-{n.name}" for n in topo.nodes])
 
             if topo.dns_replicas:
                 with self.status.step(f"Installing DNS ({topo.dns_replicas} × svcnet/dns behind kube-dns "
@@ -251,16 +253,14 @@ class LabUp:
         if r.returncode != 0:
             raise LabError(f"kubectl apply -f {path} failed", "check the manifest", r.stderr.strip())
 
-    def _started(self, components: list[str]) -> bool:
-        # Give each a moment to fail on bad flags; a running process after that counts.
-        return all(self.procs[c].poll() is None for c in components) and all(
-            time.monotonic() - self._start_time(c) > 1.0 for c in components)
+    async def _proxies_healthy(self) -> bool:
+        """kube-proxy's healthz answers 200 once rules are programmed; asked from each node."""
+        from svcnet.lab.agent.podspec import ProbeSpec
+        from svcnet.lab.agent.probes import run_probe
 
-    def _start_time(self, component: str) -> float:
-        st = process_start_time(self.procs[component].pid) or 0
-        ticks = os.sysconf("SC_CLK_TCK")
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return time.monotonic() - (uptime - st / ticks)
+        spec = ProbeSpec("http", port=PROXY_HEALTHZ_PORT, path="/healthz", timeout=2)
+        results = [await run_probe(spec, "127.0.0.1", "", node_netns=n.name) for n in self.topo.nodes]
+        return all(r.ok for r in results)
 
     async def _nodes_ready(self, client: Any) -> bool:
         from svcnet.apiclient.resources import NODES
