@@ -10,6 +10,7 @@ NXDOMAIN get SERVFAIL and /ready says 503.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -34,6 +35,9 @@ from svcnet.dns.server import DnsServer
 from svcnet.dns.zone import PODS_VERIFIED, Zone, ZoneConfig
 
 log = logging.getLogger(__name__)
+
+# How often to move long-lived objects out of the garbage collector's way (see _freeze).
+GC_FREEZE_INTERVAL = 300.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -159,6 +163,7 @@ class DnsApp:
                     log.info("synced services=%d endpointslices=%d namespaces=%d pods=%d",
                              len(self.index.services), len(self.index.slices),
                              len(self.index.namespace_objects), len(self.index.pods))
+                    _freeze()
             return done
 
         for res, h in kinds:
@@ -199,6 +204,7 @@ class DnsApp:
         runners = await self._ops()
         feed = asyncio.ensure_future(self.source.run())
         stop = asyncio.ensure_future(self.stopped.wait())
+        refreeze = asyncio.ensure_future(_refreeze_forever())
         done, _ = await asyncio.wait({feed, stop}, return_when=asyncio.FIRST_COMPLETED)
         if feed in done and feed.exception() is not None:
             log.error("object source failed: %s", feed.exception())
@@ -206,6 +212,7 @@ class DnsApp:
         await self.server.stop()
         feed.cancel()
         stop.cancel()
+        refreeze.cancel()
         if self.forwarder is not None:
             await self.forwarder.close()
         for r in runners:
@@ -216,3 +223,24 @@ class DnsApp:
         if self.forwarder is not None and self.config.listen:
             host, port = self.config.listen[0]
             self.forwarder.server_label = f"dns://{host}:{port}"
+
+
+def _freeze() -> None:
+    """Collect, then move every surviving object into the permanent generation.
+
+    With 10,000 Services the informer caches hold ~10^5 container objects, and a full
+    collection walks all of them: ~130 ms during which no query is answered (the hot
+    path's allocations trigger collections now and then). Objects that live this
+    long are the cluster state and are freed by reference counting when replaced
+    (JSON dicts and frozen records have no cycles), so the collector need not look at
+    them again; later collections only walk what was created since."""
+    start = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.debug("gc: froze objects=%d in %.0f ms", gc.get_freeze_count(), (time.perf_counter() - start) * 1000)
+
+
+async def _refreeze_forever() -> None:
+    while True:
+        await asyncio.sleep(GC_FREEZE_INTERVAL)
+        _freeze()

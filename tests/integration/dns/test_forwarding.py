@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from unit.dns.harness import HTTP, OBJECTS, ns, pod, svc
+from unit.dns.harness import HTTP, OBJECTS, pod, svc
 
 from .dnsproc import DnsProcess, FakeUpstream, answers, free_port, rcode, start_dns, tcp, udp
 

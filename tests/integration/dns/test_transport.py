@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import socket
 import struct
-from pathlib import Path
 from typing import Iterator
 
 import dnslib
