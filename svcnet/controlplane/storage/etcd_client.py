@@ -26,7 +26,7 @@ import base64
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -201,7 +201,8 @@ class EtcdClient:
         raise EtcdTimeoutError(detail)
 
     async def stream(self, endpoint: str, create_request: Json,
-                     on_open: Any = None) -> AsyncIterator[Json]:
+                     on_open: Callable[[aiohttp.ClientResponse], None] | None = None
+                     ) -> AsyncIterator[Json]:
         """One etcd watch: the `result` objects of its stream. Raises WatchCompacted when
         the start revision was compacted, StorageError when etcd cancels the watch or
         the stream ends. `on_open(response)` lets the caller close it from outside."""
