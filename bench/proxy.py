@@ -2,7 +2,8 @@
 """Benchmark: `svcnet proxy` (nftables mode) against its floors, side by side.
 
 1. Full sync of N services x 3 endpoints (N = 1,000 / 10,000 / 30,000): svcnet's
-   whole path (convert objects, compute the ruleset, render, one `nft -f`) against
+   sync (checkpoint the converted objects, compute the ruleset, render, one
+   `nft -f`; the conversion at event time is shown next to it) against
    the floor, a raw `nft -f` of the leanest equivalent ruleset (one verdict map,
    one chain per service with chained numgen draws, one DNAT chain per endpoint;
    no masquerade, hairpin, reject or comments) loaded the same way.
@@ -149,45 +150,49 @@ def _cpu() -> float:
 
 
 def bench_full(sizes: list[int], runs: int) -> None:
-    print("\n## Full sync, N services x 3 endpoints (median of runs; seconds; CPU = user+sys of"
-          " python and nft, steadier than wall time on a shared host)")
-    print(f"{'N':>7} | {'floor nft -f':>12} | {'svcnet total':>12} | {'convert':>8} | {'compute':>8} |"
-          f" {'render':>7} | {'nft load':>8} | {'ratio':>6} | {'floor CPU':>9} | {'svcnet CPU':>10} | {'CPU ratio':>9}")
+    print("\n## Full sync, N services x 3 endpoints (median of runs; seconds)")
+    print("events = converting the listed objects as they arrive (informer handlers, before the sync);"
+          " sync = checkpoint + compute + render + one transaction;\nCPU = user+sys of python and nft,"
+          " steadier than wall time on a shared host")
+    print(f"{'N':>7} | {'floor nft -f':>12} | {'events':>7} | {'sync':>6} | {'compute':>8} | {'render':>7} |"
+          f" {'nft load':>8} | {'ratio':>6} | {'floor CPU':>9} | {'sync CPU':>8} | {'CPU ratio':>9} |"
+          f" {'incl. events':>12}")
     ns = netns("rules")
+    m = statistics.median
     for n in sizes:
         objs = objects(n)
         lean = lean_ruleset(n)
-        floor, total, conv, comp, rend, load, fcpu, ocpu = [], [], [], [], [], [], [], []
+        r: dict[str, list[float]] = {}
         for _ in range(runs):
             sh(ns, "nft", "flush", "ruleset")
-            c0 = _cpu()
-            t0 = time.perf_counter()
+            c0, t0 = _cpu(), time.perf_counter()
             nft_in(ns)(lean)
-            floor.append(time.perf_counter() - t0)
-            fcpu.append(_cpu() - c0)
+            r.setdefault("floor", []).append(time.perf_counter() - t0)
+            r.setdefault("floor_cpu", []).append(_cpu() - c0)
             sh(ns, "nft", "flush", "ruleset")
+            c0, t0 = _cpu(), time.perf_counter()
             t = tracker_with(objs)
-            c0 = _cpu()
-            t0 = time.perf_counter()
+            r.setdefault("events", []).append(time.perf_counter() - t0)
+            r.setdefault("events_cpu", []).append(_cpu() - c0)
+            c0, t0 = _cpu(), time.perf_counter()
             t.checkpoint()
-            t1 = time.perf_counter()
             fr = compute_family(ProxyState(CONFIG, t.ports[4], t.endpoints[4]))
+            t1 = time.perf_counter()
+            scripts: list[str] = []
+            NftWriter(families=(4,), executor=scripts.append).write(Ruleset((fr,)), True)  # text only
             t2 = time.perf_counter()
-            writer = NftWriter(families=(4,), executor=None)
-            script_holder: list[str] = []
-            writer.execute = lambda s: script_holder.append(s)  # type: ignore[assignment]
-            writer.write(Ruleset((fr,)), True)  # builds the text only
+            nft_in(ns)(scripts[0])
             t3 = time.perf_counter()
-            nft_in(ns)(script_holder[0])
-            t4 = time.perf_counter()
-            conv.append(t1 - t0); comp.append(t2 - t1); rend.append(t3 - t2); load.append(t4 - t3)
-            total.append(t4 - t0)
-            ocpu.append(_cpu() - c0)
-        ratio = statistics.median(total) / statistics.median(floor)
-        m = statistics.median
-        print(f"{n:>7} | {m(floor):>12.3f} | {m(total):>12.3f} | {m(conv):>8.3f} | {m(comp):>8.3f} |"
-              f" {m(rend):>7.3f} | {m(load):>8.3f} | {ratio:>5.2f}x | {m(fcpu):>9.3f} | {m(ocpu):>10.3f} |"
-              f" {m(ocpu) / m(fcpu):>8.2f}x")
+            r.setdefault("compute", []).append(t1 - t0)
+            r.setdefault("render", []).append(t2 - t1)
+            r.setdefault("load", []).append(t3 - t2)
+            r.setdefault("sync", []).append(t3 - t0)
+            r.setdefault("sync_cpu", []).append(_cpu() - c0)
+        fc = m(r["floor_cpu"])
+        print(f"{n:>7} | {m(r['floor']):>12.3f} | {m(r['events']):>7.3f} | {m(r['sync']):>6.3f} |"
+              f" {m(r['compute']):>8.3f} | {m(r['render']):>7.3f} | {m(r['load']):>8.3f} |"
+              f" {m(r['sync']) / m(r['floor']):>5.2f}x | {fc:>9.3f} | {m(r['sync_cpu']):>8.3f} |"
+              f" {m(r['sync_cpu']) / fc:>8.2f}x | {(m(r['sync_cpu']) + m(r['events_cpu'])) / fc:>11.2f}x")
     sh(ns, "nft", "flush", "ruleset")
 
 

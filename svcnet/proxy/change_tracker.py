@@ -2,11 +2,13 @@
 
 Handlers are spelled like kube-proxy's (`on_service_add`, `on_service_update(old,
 new)`, `on_service_delete`, `on_endpoint_slice_*`, `on_node_*`,
-`on_service_cidrs_changed`) and only record the latest object per key and mark the
-owning Service dirty; nothing is converted until `checkpoint()`. Many events for one
-Service between two syncs are coalesced: `checkpoint()` compares the converted state
-of each dirty Service with what the previous checkpoint produced, and reports only
-the service ports that really differ. That one answer drives partial syncs, UDP
+`on_service_cidrs_changed`). Each converts its one object into the proxy's model at
+once, as kube-proxy's ServiceChangeTracker and endpointSliceCache do (the work is
+spread over the arrival of objects, not piled into the sync), keeps only the latest
+conversion per key, and marks the owning Service dirty. Many events for one Service
+between two syncs are coalesced: `checkpoint()` merges the slices of each dirty
+Service, compares with what the previous checkpoint produced, and reports only the
+service ports that really differ. That one answer drives partial syncs, UDP
 conntrack cleanup (previous vs current endpoints) and network-programming latency
 (the slices' `last-change-trigger-time`).
 """
@@ -20,10 +22,13 @@ from datetime import datetime
 from svcnet.apiclient.objects import Obj, key_of
 from svcnet.proxy.model import (
     Endpoint,
+    PortEndpoints,
     ServicePort,
     ServicePortName,
     endpoints_by_port,
+    merge_port_endpoints,
     service_ports,
+    slice_family,
     slice_service_key,
     trigger_time,
 )
@@ -51,8 +56,10 @@ class ChangeTracker:
     def __init__(self, node_name: str, families: tuple[int, ...] = (4, 6)) -> None:
         self.node_name = node_name
         self.families = families
-        self._services: dict[str, Obj] = {}
-        self._slices: dict[str, Obj] = {}
+        # converted at event time: service key -> family -> ports; slice key ->
+        # (service key, address family, endpoints per port)
+        self._services: dict[str, dict[int, dict[ServicePortName, ServicePort]]] = {}
+        self._slices: dict[str, tuple[str, int | None, PortEndpoints]] = {}
         self._slices_of: dict[str, set[str]] = {}  # service key -> slice keys
         self._dirty: set[str] = set()
         self._triggers: list[float] = []
@@ -69,8 +76,9 @@ class ChangeTracker:
     # -- Services ---------------------------------------------------------------------
 
     def on_service_add(self, svc: Obj) -> None:
-        self._services[key_of(svc)] = svc
-        self._mark(key_of(svc), service=True)
+        key = key_of(svc)
+        self._services[key] = {f: service_ports(svc, f) for f in self.families}
+        self._mark(key, service=True)
 
     def on_service_update(self, old: Obj, new: Obj) -> None:
         self.on_service_add(new)
@@ -87,7 +95,9 @@ class ChangeTracker:
         svc = slice_service_key(eps)
         if svc is None:
             return
-        self._slices[key] = eps
+        family = slice_family(eps)
+        converted = endpoints_by_port([eps], family, self.node_name) if family in self.families else {}
+        self._slices[key] = (svc, family, converted)
         self._slices_of.setdefault(svc, set()).add(key)
         self._note_trigger(eps)
         self._mark(svc, service=False)
@@ -102,10 +112,9 @@ class ChangeTracker:
         old = self._slices.pop(key, None)
         if old is None:
             return
-        svc = slice_service_key(old)
-        if svc is not None:
-            self._slices_of.get(svc, set()).discard(key)
-            self._mark(svc, service=False)
+        svc = old[0]
+        self._slices_of.get(svc, set()).discard(key)
+        self._mark(svc, service=False)
 
     def _note_trigger(self, eps: Obj) -> None:
         stamp = trigger_time(eps)
@@ -183,14 +192,12 @@ class ChangeTracker:
         return changes
 
     def _convert(self, svc_key: str, family: int) -> dict[ServicePortName, tuple[ServicePort, tuple[Endpoint, ...]]]:
-        svc = self._services.get(svc_key)
-        if svc is None:
-            return {}
-        ports = service_ports(svc, family)
+        ports = (self._services.get(svc_key) or {}).get(family)
         if not ports:
             return {}
-        slices = [self._slices[k] for k in sorted(self._slices_of.get(svc_key, ()))]
-        by_port = endpoints_by_port(slices, family, self.node_name)
+        parts = [conv for svc, fam, conv in (self._slices[k] for k in sorted(self._slices_of.get(svc_key, ())))
+                 if fam == family]
+        by_port = merge_port_endpoints(parts) if parts else {}
         return {name: (sp, by_port.get((name.port, name.protocol), ())) for name, sp in ports.items()}
 
 

@@ -323,9 +323,10 @@ def slice_family(eps: Obj) -> int | None:
     return {"IPv4": 4, "IPv6": 6}.get(str(eps.get("addressType")))
 
 
-def endpoints_by_port(
-    slices: Iterable[Obj], family: int, node_name: str
-) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
+PortEndpoints = dict[tuple[str, str], tuple[Endpoint, ...]]  # (port name, protocol) -> endpoints
+
+
+def endpoints_by_port(slices: Iterable[Obj], family: int, node_name: str) -> PortEndpoints:
     """Merge a Service's slices into endpoints per (port name, protocol), deduplicated."""
     merged: dict[tuple[str, str], dict[str, Endpoint]] = {}
     for eps in slices:
@@ -345,6 +346,21 @@ def endpoints_by_port(
                 seen = bucket.get(e.address)
                 # The same address in two slices (mid-migration): the ready copy wins,
                 # as in kube-proxy's endpointSliceCache.
+                if seen is None or (e.ready and not seen.ready):
+                    bucket[e.address] = e
+    return {k: tuple(sorted(v.values(), key=_ep_sort_key)) for k, v in merged.items()}
+
+
+def merge_port_endpoints(parts: list[PortEndpoints]) -> PortEndpoints:
+    """Several slices' converted endpoints as one Service's (same rules as above)."""
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[tuple[str, str], dict[str, Endpoint]] = {}
+    for part in parts:
+        for key, eps in part.items():
+            bucket = merged.setdefault(key, {})
+            for e in eps:
+                seen = bucket.get(e.address)
                 if seen is None or (e.ready and not seen.ready):
                     bucket[e.address] = e
     return {k: tuple(sorted(v.values(), key=_ep_sort_key)) for k, v in merged.items()}
