@@ -134,3 +134,35 @@ def test_objects_file_reload_is_live(tmp_path: Path) -> None:
         assert udp(dp.port, "cluster.local", "SOA").rr[0].rdata.times[0] >= serial
     finally:
         assert dp.stop() == 0
+
+
+def test_externalname_loop_is_stopped(server: DnsProcess) -> None:
+    r = udp(server.port, f"loop.{T}", "A")
+    assert rcode(r) == "NOERROR" and not r.rr and r.auth[0].rtype == 6
+
+
+def test_compression_loop_and_garbage_get_formerr(server: DnsProcess) -> None:
+    import struct
+
+    from .dnsproc import udp_raw
+    import dnslib
+
+    looping = struct.pack("!6H", 77, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01"
+    r = dnslib.DNSHeader.parse(dnslib.DNSBuffer(udp_raw(server.port, looping)))
+    assert r.id == 77 and r.rcode == 1 and r.qr == 1  # FORMERR
+    too_long = struct.pack("!6H", 78, 0x0100, 1, 0, 0, 0) + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01"
+    assert dnslib.DNSHeader.parse(dnslib.DNSBuffer(udp_raw(server.port, too_long))).rcode == 1
+    assert answers(udp(server.port, f"svc1.{T}")) == [f"svc1.{T}. 5 IN A 10.0.0.1"]
+
+
+def test_ns_is_the_service_that_selects_the_server(tmp_path: Path) -> None:
+    """The server listens on 127.0.0.1, which is an endpoint of kube-dns: NS names kube-dns."""
+    objs = [ns("kube-system"), svc("kube-dns", "kube-system", ["10.96.0.10"], [("dns", 53, "UDP")]),
+            slice_("kube-dns-1", "kube-system", "kube-dns", [ep("127.0.0.1")], [("dns", 53, "UDP")])]
+    dp = start_dns(tmp_path, objs)
+    try:
+        r = udp(dp.port, "cluster.local", "NS")
+        assert answers(r) == ["cluster.local. 5 IN NS kube-dns.kube-system.svc.cluster.local."]
+        assert [" ".join(x.toZone().split()) for x in r.ar] == ["kube-dns.kube-system.svc.cluster.local. 5 IN A 10.96.0.10"]
+    finally:
+        assert dp.stop() == 0
