@@ -70,9 +70,10 @@ class ConntrackCleaner:
         by_family: dict[int, list[UdpTarget]] = {}
         for t in targets:
             by_family.setdefault(t.family, []).append(t)
-        with Conntrack() as ct:
-            for family, fam_targets in by_family.items():
-                af = socket.AF_INET if family == 4 else socket.AF_INET6
+        for family, fam_targets in by_family.items():
+            af = socket.AF_INET if family == 4 else socket.AF_INET6
+            # the netlink family selects which table the kernel dumps: one socket per family
+            with Conntrack(nfgen_family=af) as ct:
                 stale = []
                 for entry in ct.dump_entries(tuple_orig=NFCTAttrTuple(family=af, proto=socket.IPPROTO_UDP)):
                     o, r = entry.tuple_orig, entry.tuple_reply

@@ -74,6 +74,11 @@ def objects(udp_backend: str = P2, node_taints: list[dict[str, str]] | None = No
         eps("sctp", pod(P2), ports=(("sctp", 8080, "SCTP"),)),
         svc("udpct", "10.96.0.21", ("udp", 53, "UDP")),
         eps("udpct", pod(udp_backend), ports=TCPUDP),
+        {**svc("udpct6", "10.96.0.25", ("udp", 53, "UDP")),
+         "spec": {**svc("udpct6", "10.96.0.25", ("udp", 53, "UDP"))["spec"],
+                  "clusterIPs": ["10.96.0.25", "fd00:96::25"], "ipFamilies": ["IPv4", "IPv6"]}},
+        eps("udpct6", pod(PODS6["pod2"] if udp_backend == P2 else PODS6["pod3"]), ports=TCPUDP,
+            family="IPv6"),
         # no endpoints until the conntrack test gives it one
         svc("udpnew", "10.96.0.24", ("udp", 53, "UDP")),
         *([eps("udpnew", pod(P1), ports=TCPUDP)] if udp_backend != P2 else []),
@@ -232,12 +237,14 @@ def test_sctp_init_arrives_translated_at_the_backend(lab: ProxyLab) -> None:
 def test_udp_conntrack_cleanup_moves_a_client_to_the_new_endpoint(lab: ProxyLab) -> None:
     first = lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)
     assert reached(first) == {"pod2"}
+    assert reached(lab.probe("client", "udp", "fd00:96::25", 53, 2, sport=41002)) == {"pod2"}
     # a service without endpoints rejects (ICMP port unreachable)
     assert lab.probe("client", "udp", "10.96.0.24", 53, 1, sport=41001) == [["!refused"]]
     lab.apply(objects(udp_backend=P3))  # pod2 leaves, pod3 joins; udpnew gets pod1
     # Same client socket (source port): without cleanup its conntrack entry would
     # keep it on pod2 until the entry expired.
     assert reached(lab.probe("client", "udp", "10.96.0.21", 53, 2, sport=41000)) == {"pod3"}
+    assert reached(lab.probe("client", "udp", "fd00:96::25", 53, 2, sport=41002)) == {"pod3"}, "IPv6 too"
     # the empty -> non-empty transition: the rejected client is served at once
     assert reached(lab.probe("client", "udp", "10.96.0.24", 53, 2, sport=41001)) == {"pod1"}
 
