@@ -79,6 +79,15 @@ def objects(udp_backend: str = P2, node_taints: list[dict[str, str]] | None = No
                   "clusterIPs": ["10.96.0.25", "fd00:96::25"], "ipFamilies": ["IPv4", "IPv6"]}},
         eps("udpct6", pod(PODS6["pod2"] if udp_backend == P2 else PODS6["pod3"]), ports=TCPUDP,
             family="IPv6"),
+        {**svc("local6", "10.96.0.26", ("tcp", 80, "TCP", 30026), type="NodePort"),
+         "spec": {**svc("local6", "10.96.0.26", ("tcp", 80, "TCP", 30026), type="NodePort")["spec"],
+                  "clusterIPs": ["10.96.0.26", "fd00:96::26"], "ipFamilies": ["IPv4", "IPv6"],
+                  "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP"}},
+        eps("local6", pod(PODS6["pod1"], "node-a"), pod(PODS6["pod2"]), ports=TCPUDP, family="IPv6"),
+        {**svc("hairpin6", "10.96.0.27", ("tcp", 80, "TCP")),
+         "spec": {**svc("hairpin6", "10.96.0.27", ("tcp", 80, "TCP"))["spec"],
+                  "clusterIPs": ["10.96.0.27", "fd00:96::27"], "ipFamilies": ["IPv4", "IPv6"]}},
+        eps("hairpin6", pod(PODS6["pod1"], "node-a"), ports=TCPUDP, family="IPv6"),
         # no endpoints until the conntrack test gives it one
         svc("udpnew", "10.96.0.24", ("udp", 53, "UDP")),
         *([eps("udpnew", pod(P1), ports=TCPUDP)] if udp_backend != P2 else []),
@@ -262,6 +271,15 @@ def test_dual_stack_service_in_ip6_table(lab: ProxyLab) -> None:
     assert reached(r) <= ALL and sources(r) == {GATEWAY6}, "external IPv6 NodePort is masqueraded"
     assert lab.probe("client", "tcp", "fd00:96::30", 81) == [["!refused"]]
     assert reached(lab.probe("client", "tcp", "10.96.0.30", 80, 6)) <= ALL
+
+
+def test_ipv6_local_policy_hairpin_and_affinity(lab: ProxyLab) -> None:
+    r = lab.probe("ext", "tcp", NODE_IP6, 30026, 6)
+    assert reached(r) == {"pod1"} and sources(r) == {EXT_IP6}, "eTP Local keeps the IPv6 client address"
+    r = lab.probe("client", "tcp", "fd00:96::26", 80, 8)
+    assert len(reached(r)) == 1 and sources(r) == {CLIENT_POD6}, "affinity sticks"
+    r = lab.probe("pod1", "tcp", "fd00:96::27", 80, 3)
+    assert reached(r) == {"pod1"} and sources(r) == {GATEWAY6}, "IPv6 hairpin is masqueraded"
 
 
 def test_metrics_carry_kube_proxy_names(lab: ProxyLab) -> None:
