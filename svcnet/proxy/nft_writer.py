@@ -31,7 +31,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 from svcnet.proxy.backend import BackendError, WriteStats
 from svcnet.proxy.nft_ruleset import TABLE, FAMILY_NAMES, FamilyRuleset, NftSet, Ruleset, render_elements
@@ -403,9 +403,3 @@ class NftWriter:
     def pending_stale(self) -> list[tuple[int, str]]:
         return sorted(self._stale)
 
-
-def chains_in(script: str) -> Iterable[str]:
-    """Names of chains a script adds (for logs and tests)."""
-    for line in script.splitlines():
-        if line.startswith("add chain "):
-            yield line.split()[4]
