@@ -213,6 +213,9 @@ class DnsApp:
         feed.cancel()
         stop.cancel()
         refreeze.cancel()
+        # Await the cancelled feed: the API source closes its HTTP session in a
+        # `finally`, which only runs if someone waits for the cancellation.
+        await asyncio.gather(feed, stop, refreeze, return_exceptions=True)
         if self.forwarder is not None:
             await self.forwarder.close()
         for r in runners:
