@@ -32,6 +32,7 @@ import yaml
 
 from svcnet.common.endpoints import parse_host_port
 from svcnet.common.log_setup import setup_logging
+from svcnet.controlplane.storage import DEFAULT_ETCD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default="sqlite", metavar="sqlite|etcd://HOST:PORT,…",
                         help="storage backend: sqlite in DATA_DIR (default), or an etcd v3 cluster "
                              "given by its client endpoints")
-    parser.add_argument("--etcd-prefix", default="/registry",
+    parser.add_argument("--etcd-prefix", default=DEFAULT_ETCD_PREFIX,
                         help="key prefix of this cluster's objects in etcd (kube-apiserver --etcd-prefix)")
     parser.add_argument("--advertise-address", default="",
                         help="IP the `kubernetes` Service's EndpointSlice points at "
@@ -140,20 +141,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     tokens = load_or_create_tokens(data_dir)
     pki = ensure_pki(data_dir, ips=[host, advertise, kubernetes_ip])
-    if args.storage == "sqlite":
-        registry = await Registry.open(data_dir, service_cidr=args.service_cidr,
-                                       node_port_range=args.node_port_range)
-    else:
-        from svcnet.controlplane.registry.allocators import ServiceAllocator
-        from svcnet.controlplane.storage.etcd import EtcdStorage
-
-        storage = await EtcdStorage.open(args.storage, prefix=args.etcd_prefix)
-        try:
-            registry = await Registry.with_storage(
-                storage, ServiceAllocator(args.service_cidr, args.node_port_range))
-        except BaseException:
-            await storage.close()
-            raise
+    registry = await Registry.open(data_dir, service_cidr=args.service_cidr,
+                                   node_port_range=args.node_port_range, storage=args.storage,
+                                   etcd_prefix=args.etcd_prefix)
     runner: web.AppRunner | None = None
     try:
         app = build_app(registry, tokens, "", schema.openapi_v3_components)
@@ -190,14 +180,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from svcnet.controlplane.storage import StorageError, check_storage_flags
+
     setup_logging("apiserver", verbosity=args.verbose)
     try:
-        if args.storage != "sqlite":
-            from svcnet.controlplane.storage.etcd import parse_etcd_url
-
-            parse_etcd_url(args.storage)
-            if not args.etcd_prefix.startswith("/") or args.etcd_prefix.endswith("/"):
-                raise ValueError(f"--etcd-prefix {args.etcd_prefix!r}: want /NAME without a trailing slash")
+        check_storage_flags(args.storage, args.etcd_prefix)
         parse_host_port(args.listen)
         service_cidrs(args.service_cidr)
     except ValueError as exc:
@@ -208,8 +195,6 @@ def main(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
         loop_factory = None
-    from svcnet.controlplane.storage.interface import StorageError
-
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
             return runner.run(serve(args))

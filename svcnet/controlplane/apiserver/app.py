@@ -2,7 +2,7 @@
 
 URL space (kube-apiserver's):
 
-    /version /healthz /livez /readyz /metrics
+    /version /healthz /livez /readyz[/CHECK] /metrics     (health.py)
     /api  /api/v1                              legacy or aggregated discovery
     /apis /apis/GROUP /apis/GROUP/VERSION
     /openapi/v3  /openapi/v3/api/v1  /openapi/v3/apis/GROUP/VERSION
@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from svcnet import __version__
-from svcnet.controlplane.apiserver import discovery, negotiation
+from svcnet.controlplane.apiserver import discovery, health, negotiation
 from svcnet.controlplane.apiserver.auth import PUBLIC_PATHS, Tokens, User, authorize
 from svcnet.controlplane.apiserver.handlers import (
     ResourceHandlers, Target, metric_verb, respond, status_response, verb_of,
@@ -155,10 +155,6 @@ async def errors_auth_metrics(request: web.Request, handler: Handler) -> web.Str
 
 # --- non-resource endpoints --------------------------------------------------------------
 
-async def health(_: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 async def version(_: web.Request) -> web.Response:
     return web.json_response(version_info())
 
@@ -245,8 +241,7 @@ def build_app(registry: Registry, tokens: Tokens, server_address: str, component
 
     app.on_shutdown.append(on_shutdown)
     r = app.router
-    for path in ("/healthz", "/livez", "/readyz"):
-        r.add_get(path, health)
+    health.add_routes(r, registry.storage, state.stopping)
     r.add_get("/version", version)
     r.add_get("/metrics", metrics)
     r.add_get("/api", api_root)

@@ -61,7 +61,7 @@ from svcnet.controlplane.registry.strategies.validation import (
 from svcnet.controlplane.storage.interface import (
     CompactedError, Compare, Delete, FutureRevisionError, KeyValue, Op, Put, Storage, StorageError,
 )
-from svcnet.controlplane.storage.sqlite import SQLiteStorage
+from svcnet.controlplane.storage import DEFAULT_ETCD_PREFIX, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,12 @@ class Registry:
 
     @classmethod
     async def open(cls, data_dir: Path, *, service_cidr: str = "10.96.0.0/12",
-                   node_port_range: str = "30000-32767", storage: str = "sqlite") -> "Registry":
-        """`storage` is "sqlite" (a file in `data_dir`) or "etcd://HOST:PORT,..."."""
+                   node_port_range: str = "30000-32767", storage: str = "sqlite",
+                   etcd_prefix: str = DEFAULT_ETCD_PREFIX) -> "Registry":
+        """A Registry on the store `svcnet apiserver --storage/--etcd-prefix` name:
+        "sqlite" (a file in `data_dir`) or "etcd://HOST:PORT,..." (see `open_storage`)."""
         allocator = ServiceAllocator(service_cidr, node_port_range)
-        backend: Storage
-        if storage == "sqlite":
-            backend = await SQLiteStorage.open(Path(data_dir))
-        elif storage.startswith(("etcd://", "etcds://", "http://", "https://")):
-            from svcnet.controlplane.storage.etcd import EtcdStorage
-
-            backend = await EtcdStorage.open(storage)
-        else:
-            raise ValueError(f"unknown storage {storage!r}: want sqlite or etcd://HOST:PORT,...")
+        backend = await open_storage(storage, data_dir=Path(data_dir), etcd_prefix=etcd_prefix)
         try:
             return await cls.with_storage(backend, allocator)
         except BaseException:

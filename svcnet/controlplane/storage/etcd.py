@@ -47,6 +47,7 @@ from typing import Any
 
 import aiohttp
 
+from svcnet.controlplane.storage import DEFAULT_ETCD_PREFIX, check_etcd_prefix
 from svcnet.controlplane.storage.etcd_cache import WatchCache
 from svcnet.controlplane.storage.etcd_client import (
     GRPC_INVALID_ARGUMENT, GRPC_OUT_OF_RANGE, EtcdClient, EtcdError, EtcdTimeoutError, EtcdUnavailableError,
@@ -61,13 +62,15 @@ __all__ = ["EtcdStorage", "EtcdTimeoutError", "EtcdUnavailableError", "parse_etc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "/registry"
-LOGICAL_ROOT = "/registry"
+DEFAULT_PREFIX = DEFAULT_ETCD_PREFIX
+LOGICAL_ROOT = "/registry"  # where the registry's keys start, whatever the etcd prefix
 _LIST_PAGE = 500
 
 
 class EtcdStorage(Storage):
     """`Storage` on etcd; open with `await EtcdStorage.open("etcd://HOST:PORT,…", prefix=…)`."""
+
+    check_name = "etcd"  # kube-apiserver's name for the same check
 
     #: seconds a consistent read waits for the watch cache before reading etcd instead
     sync_timeout: float = 0.5
@@ -77,8 +80,7 @@ class EtcdStorage(Storage):
     def __init__(self, endpoints: Sequence[str], *, prefix: str = DEFAULT_PREFIX,
                  root: str = LOGICAL_ROOT, request_timeout: float = 2.0, deadline: float = 5.0,
                  max_history: int = 100_000, max_replay: int = 50_000) -> None:
-        if not prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(f"invalid etcd prefix {prefix!r}: want /NAME (no trailing slash)")
+        check_etcd_prefix(prefix)
         self.client = EtcdClient(endpoints, request_timeout=request_timeout, deadline=deadline)
         self.prefix, self.root = prefix, root.rstrip("/")
         self.max_replay = max_replay

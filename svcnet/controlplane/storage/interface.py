@@ -174,6 +174,9 @@ def prefix_end(prefix: str) -> str:
 class Storage(abc.ABC):
     """A revisioned key-value store; see the module docstring for the model."""
 
+    #: the name of this backend's readiness check (`[+]etcd ok` on /readyz?verbose)
+    check_name: str = "storage"
+
     @property
     @abc.abstractmethod
     def revision(self) -> int:
@@ -207,6 +210,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:
         """Drop history at and before `revision` (reads at `revision` keep working)."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Return if the store can serve requests now, else raise StorageError saying
+        why (the apiserver's /readyz check; it bounds the wait itself)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

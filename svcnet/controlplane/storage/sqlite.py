@@ -89,6 +89,8 @@ def _lock_data_dir(data_dir: Path) -> int:
 class SQLiteStorage(Storage):
     """`Storage` on SQLite; open with `await SQLiteStorage.open(data_dir)`."""
 
+    check_name = "sqlite"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcnet-sqlite")
@@ -379,6 +381,12 @@ class SQLiteStorage(Storage):
             kv = None if deleted else KeyValue(key, val, crev, rev, ver)
             events.append(WatchEvent("DELETE" if deleted else "PUT", key, rev, kv, prev))
         return self._db_revision, events
+
+    async def check(self) -> None:
+        """Nothing to reach: the file is local and every write waits for its own COMMIT,
+        so a disk fault fails that write. Only a closed store cannot serve."""
+        if self._closed:
+            raise StorageError("storage is closed")
 
     async def close(self) -> None:
         if self._closed:

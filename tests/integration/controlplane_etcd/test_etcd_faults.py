@@ -199,7 +199,7 @@ async def test_etcd_down_fails_fast_then_everything_resumes(tmp_path: Path) -> N
             await reg.close()
 
 
-def test_apiserver_answers_503_while_etcd_is_down(tmp_path: Path) -> None:
+def test_apiserver_answers_503_and_is_unready_while_etcd_is_down(tmp_path: Path) -> None:
     with EtcdCluster(tmp_path / "etcd", members=1) as cluster:
         server = ApiServer(data_dir=tmp_path / "data", kubeconfig=tmp_path / "kubeconfig",
                            cache_dir=tmp_path / "cache", log=tmp_path / "apiserver.log",
@@ -207,7 +207,14 @@ def test_apiserver_answers_503_while_etcd_is_down(tmp_path: Path) -> None:
         server.start()
         try:
             server.kubectl("create", "service", "clusterip", "web", "--tcp=80:8080")
+            assert server.request("GET", "/readyz", token=None)[::2] == (200, b"ok")
             cluster.kill(0)
+            t0 = time.monotonic()
+            status, _, body = server.request("GET", "/readyz?verbose", token=None)
+            assert time.monotonic() - t0 < 5, "the readiness check must not wait for etcd"
+            assert (status, body) == (500, b"[+]ping ok\n[-]etcd failed: reason withheld\n"
+                                           b"[+]shutdown ok\nreadyz check failed\n")
+            assert server.request("GET", "/livez", token=None)[::2] == (200, b"ok")
             t0 = time.monotonic()
             status, _, body = server.request("GET", "/api/v1/namespaces/default/services")
             assert time.monotonic() - t0 < 5
@@ -224,6 +231,7 @@ def test_apiserver_answers_503_while_etcd_is_down(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, res.stderr
                 time.sleep(0.2)
             assert res.stdout.strip() == "service/web"
+            assert server.request("GET", "/readyz", token=None)[::2] == (200, b"ok")
             server.kubectl("create", "service", "clusterip", "api", "--tcp=80:8080")
         finally:
             server.stop()

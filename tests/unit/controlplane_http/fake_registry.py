@@ -14,8 +14,25 @@ from typing import Any, AsyncIterator
 from svcnet.controlplane.errors import APIError, not_found
 
 
+class FakeStorage:
+    """What the HTTP layer asks of the Registry's storage: its readiness check."""
+
+    check_name = "etcd"
+
+    def __init__(self) -> None:
+        self.failure: Exception | None = None
+        self.hang = False
+
+    async def check(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()  # an etcd that never answers
+        if self.failure is not None:
+            raise self.failure
+
+
 class FakeRegistry:
     def __init__(self) -> None:
+        self.storage = FakeStorage()
         self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.revision = 1
         self.calls: list[tuple[str, dict[str, Any]]] = []

@@ -63,6 +63,43 @@ async def test_public_and_authenticated_endpoints(env: tuple[TestClient, FakeReg
     assert r.status == 401
 
 
+async def test_readyz_follows_the_storage_check(env: tuple[TestClient, FakeRegistry],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from svcnet.controlplane.apiserver import health
+
+    client, registry = env
+    r = await client.get("/readyz?verbose")
+    assert r.status == 200
+    assert await r.text() == "[+]ping ok\n[+]etcd ok\n[+]shutdown ok\nreadyz check passed\n"
+    registry.storage.failure = ConnectionRefusedError("etcd cluster is unreachable")
+    r = await client.get("/readyz")
+    assert r.status == 500 and r.content_type == "text/plain"
+    # kube's text: every check listed, the reason withheld on a public endpoint
+    assert await r.text() == ("[+]ping ok\n[-]etcd failed: reason withheld\n[+]shutdown ok\n"
+                              "readyz check failed\n")
+    r = await client.get("/healthz")
+    assert r.status == 500 and "[-]etcd failed: reason withheld" in await r.text()
+    r = await client.get("/livez")
+    assert (r.status, await r.text()) == (200, "ok")  # an etcd outage is no reason to restart
+    r = await client.get("/readyz?exclude=etcd")
+    assert (r.status, await r.text()) == (200, "ok")
+    r = await client.get("/readyz/etcd", headers=ADMIN)
+    assert r.status == 500 and await r.text() == "[-]etcd failed: reason withheld\nreadyz check failed\n"
+    r = await client.get("/readyz/etcd")
+    assert r.status == 401  # single checks are not public
+    r = await client.get("/readyz/nosuch", headers=ADMIN)
+    assert r.status == 404
+    # a store that does not answer is unready after the check's timeout, not after minutes
+    registry.storage.failure = None
+    registry.storage.hang = True
+    monkeypatch.setattr(health, "STORAGE_CHECK_TIMEOUT", 0.05)
+    r = await client.get("/readyz")
+    assert r.status == 500 and "[-]etcd failed" in await r.text()
+    registry.storage.hang = False
+    r = await client.get("/readyz")
+    assert (r.status, await r.text()) == (200, "ok")
+
+
 async def test_readonly_token_reads_but_cannot_write(env: tuple[TestClient, FakeRegistry]) -> None:
     client, _ = env
     r = await client.get("/api/v1/namespaces/default/services", headers=READONLY)
