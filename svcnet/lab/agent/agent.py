@@ -35,6 +35,7 @@ from svcnet.apiclient.informer import FuncHandler, Informer
 from svcnet.apiclient.manifests import ManifestError, load_manifests
 from svcnet.apiclient.objects import Obj, key_of, meta
 from svcnet.apiclient.resources import PODS, SERVICES
+from svcnet.lab.agent.events import EventRecorder
 from svcnet.lab.agent.node import NodeConfig, NodeRegistration
 from svcnet.lab.agent.pod_worker import PodWorker, WorkerContext
 from svcnet.lab.agent.podspec import ClusterDNS
@@ -57,9 +58,10 @@ class NodeAgent:
         self.state = StateFile(state_dir / "state.jsonl")
         self.sandboxes = SandboxManager(cfg.name, cfg.pod_cidr, self.state, dns, node_netns,
                                         host_resolv=host_resolv)
+        self.events = EventRecorder(client, cfg.name)
         self.ctx = WorkerContext(cfg.name, cfg.ip, kubeconfig, self.sandboxes, state_dir / "pods",
                                  report=self._on_worker_status, backoff_initial=backoff_initial,
-                                 service_env=self._service_env)
+                                 service_env=self._service_env, event=self.events.emit)
         self.registration = NodeRegistration(client, cfg, lease_interval=lease_interval)
         self.manifest_path = manifest_path
         self.workers: dict[str, PodWorker] = {}  # by pod uid
@@ -86,7 +88,7 @@ class NodeAgent:
         tasks = [asyncio.create_task(t, name=n) for n, t in (
             ("source", self.source.run()), ("lease", self.registration.lease_loop()),
             ("node-status", self.registration.status_loop()), ("status-writer", self._status_writer()),
-            ("reconcile", self._reconcile_loop()))]
+            ("reconcile", self._reconcile_loop()), ("events", self.events.run()))]
         try:
             await self.pods.wait_for_sync()
             await self.services.wait_for_sync()
@@ -165,6 +167,7 @@ class NodeAgent:
                         log.warning("final delete of pod=%s failed: %s", key_of(pod), e)
             finally:
                 self.workers.pop(uid, None)
+                self.events.forget(uid)
                 self.terminating.discard(uid)
                 self._written.pop(uid, None)
 

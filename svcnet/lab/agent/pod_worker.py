@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from svcnet.apiclient.objects import Obj, meta
 from svcnet.lab.agent.container import ContainerProcess
+from svcnet.lab.agent.events import PodEvent
 from svcnet.lab.agent.podspec import PodContext, PodSpecError, container_argv, container_env, parse_probe
 from svcnet.lab.agent.probes import ProbeState, run_probe
 from svcnet.lab.agent.sandbox import Sandbox, SandboxManager
@@ -68,6 +69,7 @@ class WorkerContext:
     backoff_initial: float = 10.0
     backoff_max: float = 300.0
     service_env: Callable[[str], dict[str, str]] = lambda ns: {}
+    event: Callable[[PodEvent], None] = lambda e: None
 
 
 @dataclass
@@ -127,6 +129,7 @@ class PodWorker:
             except Exception as e:  # a sandbox failure is reported and retried, never fatal
                 self.sandbox_error = f"failed to create pod sandbox: {e}"
                 log.error("pod=%s: %s", self.key, self.sandbox_error)
+                self._event("Warning", "FailedCreatePodSandBox", self.sandbox_error)
                 self._report()
                 try:
                     async with asyncio.timeout(delay):
@@ -144,6 +147,9 @@ class PodWorker:
     async def terminate(self, grace: float) -> None:
         """Stop every container within `grace` seconds, then remove the sandbox."""
         self._stopping.set()
+        for name, p in self.processes.items():
+            if p.running():
+                self._event("Normal", "Killing", f"Stopping container {name}", name)
         stops = [p.stop(grace) for p in self.processes.values()]
         await asyncio.gather(*stops, return_exceptions=True)
         for t in self._tasks:
@@ -178,6 +184,7 @@ class PodWorker:
             env = container_env(c, self.pod, ctx, dict(os.environ), self.ctx.service_env(self.namespace))
         except PodSpecError as e:
             st.state = {"waiting": {"reason": e.reason, "message": str(e)}}
+            self._event("Warning", "Failed", f"Error: {e}", st.name)
             self._report()
             return
         st.has_readiness = readiness is not None
@@ -189,6 +196,7 @@ class PodWorker:
                 await proc.start()
             except OSError as e:
                 st.state = {"waiting": {"reason": "RunContainerError", "message": str(e)}}
+                self._event("Warning", "Failed", f"Error: {e}", st.name)
                 self._report()
                 code, started_at, ran_for = 128, now_rfc3339(), 0.0
             else:
@@ -197,6 +205,7 @@ class PodWorker:
                 st.state = {"running": {"startedAt": started_at}}
                 st.started = True
                 st.ready = readiness is None
+                self._event("Normal", "Started", f"Started container {st.name}", st.name)
                 self._report()
                 probes = [asyncio.get_running_loop().create_task(self._probe_loop(st, proc, readiness, "readiness"))
                           if readiness else None,
@@ -228,6 +237,8 @@ class PodWorker:
                                     "message": f"back-off {delay:g}s restarting failed container={st.name} "
                                                f"pod={self.name}_{self.namespace}({self.uid})"}}
             st.restart_count += 1
+            self._event("Warning", "BackOff", f"Back-off restarting failed container {st.name} in pod "
+                        f"{self.name}_{self.namespace}({self.uid})", st.name)
             self._report()
             try:
                 async with asyncio.timeout(delay):
@@ -243,6 +254,8 @@ class PodWorker:
         while proc.running():
             result = await run_probe(spec, self.sandbox.ip, self.sandbox.netns, self.ctx.sandboxes.node_netns)
             changed = state.observe(result)
+            if not result.ok:
+                self._event("Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {result.message}", st.name)
             if kind == "readiness" and (changed or st.ready != state.ok):
                 st.ready = state.ok
                 log.info("pod=%s container=%s ready=%s %s", self.key, st.name, st.ready, result.message)
@@ -250,6 +263,8 @@ class PodWorker:
             if kind == "liveness" and not state.ok:
                 log.info("pod=%s container=%s failed liveness probe, will be restarted: %s",
                          self.key, st.name, state.last_message)
+                self._event("Normal", "Killing", f"Container {st.name} failed liveness probe, will be restarted",
+                            st.name)
                 await proc.stop(grace)
                 return
             await asyncio.sleep(spec.period)
@@ -258,6 +273,9 @@ class PodWorker:
 
     def _report(self) -> None:
         self.ctx.report(self)
+
+    def _event(self, etype: str, reason: str, message: str, container: str = "") -> None:
+        self.ctx.event(PodEvent(self.pod, etype, reason, message, container))
 
     def status(self) -> Obj:
         return build_status(self)

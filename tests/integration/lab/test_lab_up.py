@@ -122,6 +122,9 @@ def test_walkthrough(lab: Lab) -> None:
     lab.until("the restart", lambda: lab.json("get", "pod", victim)["status"]["containerStatuses"][0]
               ["restartCount"] >= 1)
     lab.until("the endpoint back", lambda: victim_ip in {ep["addresses"][0] for ep in lab.ready_endpoints("web")})
+    events = [(e["reason"], e["source"].get("component")) for e in lab.json("get", "events")["items"]
+              if e["involvedObject"].get("name") == victim]
+    assert ("Started", "kubelet") in events and ("BackOff", "kubelet") in events
 
     # a deleted pod is replaced and the Service follows
     lab.kubectl("delete", "pod", victim, "--wait=true", "--timeout=60s")

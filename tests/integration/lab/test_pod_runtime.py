@@ -51,8 +51,11 @@ async def node(lab_name, lab_state, tmp_path):
     sandboxes = SandboxManager(n.name, str(n.pod_cidr), agent_state, ClusterDNS(), node_netns=n.name,
                                etc_netns=etc)
     reports: list[dict] = []
+    events: list = []
     ctx = WorkerContext(n.name, str(n.underlay_ip), "/dev/null", sandboxes, tmp_path / "logs",
-                        report=lambda w: reports.append(w.status()), backoff_initial=0.2, backoff_max=0.5)
+                        report=lambda w: reports.append(w.status()), backoff_initial=0.2, backoff_max=0.5,
+                        event=events.append)
+    ctx.events = events  # type: ignore[attr-defined]  # for the tests' eyes only
     yield n, ctx, reports, etc
 
 
@@ -108,6 +111,9 @@ async def test_echo_pod_ready_by_probe_restarts_and_terminates(node, monkeypatch
     assert w.processes["echo"].pid != pid
 
     await w.terminate(grace=2)
+    reasons = [(e.reason, e.container) for e in ctx.events if e.pod["metadata"]["name"] == "web-1"]
+    assert reasons.count(("Started", "echo")) == 2
+    assert ("BackOff", "echo") in reasons and reasons[-1] == ("Killing", "echo")
     assert not netns_exists(sb.netns)
     async with Netns(n.name) as node_ns:
         assert sb.host_veth not in await node_ns.links()
@@ -131,6 +137,8 @@ async def test_liveness_failure_restarts_and_never_policy_ends_in_failed(node):
         await until(lambda: reports[-1]["containerStatuses"][0]["restartCount"] >= 1, what="liveness restart")
     finally:
         Path(marker).unlink()
+    assert any(e.reason == "Unhealthy" and e.message.startswith("Liveness probe failed") for e in ctx.events)
+    assert any(e.reason == "Killing" and "failed liveness probe" in e.message for e in ctx.events)
     await w.terminate(grace=1)
 
     w2 = PodWorker(pod("once", restartPolicy="Never", containers=[{
@@ -148,6 +156,8 @@ async def test_unknown_image_without_command_is_reported(node):
     w.start()
     await until(lambda: reports and reports[-1]["containerStatuses"][0]["state"].get("waiting", {}).get("reason")
                 == "CreateContainerError", what="CreateContainerError")
+    failed = [e for e in ctx.events if e.reason == "Failed"]
+    assert failed and failed[0].type == "Warning" and "not built in" in failed[0].message
     assert "not built in" in reports[-1]["containerStatuses"][0]["state"]["waiting"]["message"]
     await w.terminate(grace=1)
 

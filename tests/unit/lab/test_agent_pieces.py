@@ -101,3 +101,14 @@ def test_static_pods_are_named_bound_and_stable(tmp_path):
     assert a["metadata"]["uid"] == b["metadata"]["uid"]
     assert "kubernetes.io/config.mirror" in a["metadata"]["annotations"]
     assert static_pod(obj, "lab-w", tmp_path)["metadata"]["uid"] != a["metadata"]["uid"]
+
+
+def test_event_objects_look_like_the_kubelets():
+    from svcnet.lab.agent.events import PodEvent, event_object
+
+    pod = {"metadata": {"name": "web-1", "namespace": "shop", "uid": "u1", "resourceVersion": "7"}}
+    ev = event_object(PodEvent(pod, "Warning", "BackOff", "Back-off restarting", "echo"), "lab-worker", "now")
+    assert ev["involvedObject"] == {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "shop",
+                                    "uid": "u1", "resourceVersion": "7", "fieldPath": "spec.containers{echo}"}
+    assert ev["metadata"] == {"generateName": "web-1.", "namespace": "shop"}
+    assert ev["source"] == {"component": "kubelet", "host": "lab-worker"} and ev["type"] == "Warning"
