@@ -2,10 +2,10 @@
 
 The four system namespaces, the `kubernetes` ServiceCIDR (the --service-cidr, as
 kube 1.33's default ServiceCIDR), the `default/kubernetes` Service on the first IP of
-the service CIDR (443/TCP "https", labels component=apiserver, provider=kubernetes) and
-its EndpointSlice listing this API server's address, which consumers find by the
-`kubernetes.io/service-name` label like any other. Re-running repairs drifted fields
-(a new apiserver address or port).
+the service CIDR (443/TCP "https", labels component=apiserver, provider=kubernetes).
+Re-running repairs drifted fields. The Service's EndpointSlice and targetPort belong to
+`endpoint_reconciler.py`: with several API servers they come from every live server's
+Lease, not from whichever server ran this last.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-leas
 async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> None:
     """The objects kube-apiserver's bootstrap controller keeps: the four system
     namespaces, the `kubernetes` ServiceCIDR, and the `default/kubernetes` Service
-    (first IP of the service CIDR, 443/TCP "https") with an EndpointSlice pointing at
-    this API server. Idempotent: re-running repairs drifted fields."""
+    (first IP of the service CIDR, 443/TCP "https", targetPort this server's port when
+    it is created). Idempotent: re-running repairs drifted fields (but not targetPort,
+    which the endpoint reconciler keeps)."""
     for ns in BOOTSTRAP_NAMESPACES:
         await _ensure(reg, k.NAMESPACES, None, {"metadata": {"name": ns}}, lambda cur: None)
     await _ensure(reg, k.SERVICE_CIDRS, None, {
@@ -47,31 +48,16 @@ async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> No
 
     def fix_service(cur: Obj) -> Obj | None:
         ports = cur.get("spec", {}).get("ports") or []
-        if ports == svc["spec"]["ports"]:
+        want = copy.deepcopy(svc["spec"]["ports"])
+        if len(ports) == 1 and ports[0].get("targetPort") is not None:
+            want[0]["targetPort"] = ports[0]["targetPort"]  # the endpoint reconciler's
+        if ports == want:
             return None
         new = copy.deepcopy(cur)
-        new["spec"]["ports"] = copy.deepcopy(svc["spec"]["ports"])
+        new["spec"]["ports"] = want
         return new
 
     await _ensure(reg, k.SERVICES, "default", svc, fix_service)
-    family = "IPv6" if ":" in apiserver_ip else "IPv4"
-    slice_: Obj = {
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
-        "addressType": family,
-        "endpoints": [{"addresses": [apiserver_ip], "conditions": {"ready": True}}],
-        "ports": [{"name": "https", "port": apiserver_port, "protocol": "TCP"}],
-    }
-
-    def fix_slice(cur: Obj) -> Obj | None:
-        if all(cur.get(f) == slice_[f] for f in ("addressType", "endpoints", "ports")):
-            return None
-        new = copy.deepcopy(cur)
-        for f in ("addressType", "endpoints", "ports"):
-            new[f] = copy.deepcopy(slice_[f])
-        return new
-
-    await _ensure(reg, k.ENDPOINT_SLICES, "default", slice_, fix_slice)
 
 
 async def _ensure(reg: Registry, kind: KindInfo, namespace: str | None, obj: Obj,
@@ -82,11 +68,6 @@ async def _ensure(reg: Registry, kind: KindInfo, namespace: str | None, obj: Obj
     except APIError as err:
         if err.code != 404:
             raise
-        await reg.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
-        return
-    if kind is k.ENDPOINT_SLICES and cur.get("addressType") != obj.get("addressType"):
-        # addressType is immutable: replace the slice
-        await reg.delete(kind, namespace, name)
         await reg.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
         return
     new = fix(cur)

@@ -48,8 +48,9 @@ from svcnet.controlplane.registry.codec import Stale
 from svcnet.controlplane.registry import kinds as k
 from svcnet.controlplane.registry import lifecycle, scale, subresources
 from svcnet.controlplane.registry.allocators import AllocationPlan, ServiceAllocator
+from svcnet.controlplane.registry.endpoint_reconciler import EndpointReconciler
 from svcnet.controlplane.registry.gc import OwnerIndex
-from svcnet.controlplane.registry.watch import parse_resource_version, watch_objects
+from svcnet.controlplane.registry.watch import not_newer_than_store, watch_objects
 from svcnet.controlplane.registry.kinds import KindInfo
 from svcnet.controlplane.registry.selectors import (
     FieldSelector, LabelSelector, parse_field_selector, parse_label_selector,
@@ -112,6 +113,8 @@ class Registry:
     event_ttl: float = 3600.0
     #: seconds between re-assertions of the bootstrap objects
     bootstrap_interval: float = 10.0
+    #: leaseDurationSeconds of this server's endpoint Lease (see endpoint_reconciler.py)
+    endpoint_lease_duration: int = 15
 
     def __init__(self, storage: Storage, allocator: ServiceAllocator) -> None:
         self.storage = storage
@@ -122,6 +125,8 @@ class Registry:
         self._tasks: builtins.list[asyncio.Task[None]] = []
         self._gc_tasks: set[asyncio.Task[None]] = set()
         self._bootstrap_task: asyncio.Task[None] | None = None
+        self._endpoints: EndpointReconciler | None = None
+        self._endpoints_task: asyncio.Task[None] | None = None
         self._compaction_mark = storage.revision
 
     @classmethod
@@ -150,6 +155,15 @@ class Registry:
         return reg
 
     async def close(self) -> None:
+        if self._endpoints is not None:
+            # a clean stop leaves the `kubernetes` slice at once, not after the lease expires
+            if self._endpoints_task is not None:
+                self._endpoints_task.cancel()
+            try:
+                await asyncio.wait_for(self._endpoints.remove(), timeout=3.0)
+            except (Exception, asyncio.TimeoutError) as err:
+                log.warning("could not remove this apiserver's endpoint: %s", err)
+            self._endpoints = None
         for task in [*self._tasks, *self._gc_tasks]:
             task.cancel()
         for task in [*self._tasks, *self._gc_tasks]:
@@ -185,6 +199,24 @@ class Registry:
         self._bootstrap_task = asyncio.create_task(self._keep_bootstrap(apiserver_ip, apiserver_port),
                                                    name="bootstrap-reconcile")
         self._tasks.append(self._bootstrap_task)
+        # The `kubernetes` EndpointSlice: from every live apiserver's Lease.
+        old = self._endpoints
+        if old is None or (old.address, old.port, old.lease_duration) != (
+                apiserver_ip, apiserver_port, self.endpoint_lease_duration):
+            if self._endpoints_task is not None:
+                self._endpoints_task.cancel()
+            if old is not None:
+                await old.remove()  # this server moved: its old endpoint goes at once
+            self._endpoints = EndpointReconciler(self, apiserver_ip, apiserver_port,
+                                                 self.endpoint_lease_duration)
+            first_delay = await self._endpoints.reconcile()
+            self._endpoints_task = asyncio.create_task(self._keep_endpoints(self._endpoints, first_delay),
+                                                       name="endpoint-reconcile")
+            self._tasks.append(self._endpoints_task)
+
+    async def _keep_endpoints(self, reconciler: EndpointReconciler, first_delay: float) -> None:
+        await asyncio.sleep(first_delay)
+        await reconciler.run()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -244,13 +276,7 @@ class Registry:
                 raise gone("The provided continue parameter is too old to display a consistent "
                            "list result. You can start a new list without the continue parameter.")
         elif resource_version not in ("", "0"):
-            wanted = parse_resource_version(resource_version)
-            if wanted > self.storage.revision:
-                raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
-                               f"{self.storage.revision}",
-                               {"causes": [{"reason": "ResourceVersionTooLarge",
-                                            "message": "Too large resource version"}],
-                                "retryAfterSeconds": 1})
+            wanted = not_newer_than_store(resource_version, self.storage)
             if limit:
                 revision = wanted  # legacy "Exact" semantics of RV + limit
         items: builtins.list[Obj] = []
