@@ -33,9 +33,11 @@ from svcnet.controlplane.registry.strategies.service import (
     needs_cluster_ip, needs_health_check_node_port, needs_node_ports, ports_of, spec_of,
 )
 from svcnet.controlplane.registry.strategies.validation import FieldError, as_api_error, invalid_value
-from svcnet.controlplane.storage.interface import CompactedError, Compare, Delete, Op, Put, Storage
+from svcnet.controlplane.storage.interface import (
+    REGISTRY_ROOT, CompactedError, Compare, Delete, Op, Put, Storage,
+)
 
-ALLOCATIONS_PREFIX = "/registry/allocations/"
+ALLOCATIONS_PREFIX = f"{REGISTRY_ROOT}/allocations/"
 log = logging.getLogger(__name__)
 
 CLUSTER_IP_PREFIX = ALLOCATIONS_PREFIX + "clusterips/"

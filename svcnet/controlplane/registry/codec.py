@@ -39,11 +39,11 @@ except ImportError:  # pragma: no cover - depends on the environment
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 from svcnet.controlplane.registry.kinds import KindInfo
-from svcnet.controlplane.storage.interface import KeyValue
+from svcnet.controlplane.storage.interface import REGISTRY_ROOT, KeyValue
 
 Obj = dict[str, Any]
 
-KEY_ROOT = "/registry"
+KEY_ROOT = REGISTRY_ROOT
 # kube's SpecialDefaultResourcePrefixes for the kinds svcnet serves
 _SPECIAL_PREFIXES = {"services": "services/specs", "nodes": "minions"}
 

@@ -50,6 +50,20 @@ def parse_resource_version(value: str) -> int:
     return rv
 
 
+def not_newer_than_store(value: str, storage: Storage) -> int:
+    """The resourceVersion a list or watch asks for, refused with kube's 504
+    `ResourceVersionTooLarge` (client-go retries it) when the store has not reached it:
+    a client that saw a newer revision on another API server asks this one too early."""
+    wanted = parse_resource_version(value)
+    if wanted > storage.revision:
+        raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
+                       f"{storage.revision}",
+                       {"causes": [{"reason": "ResourceVersionTooLarge",
+                                    "message": "Too large resource version"}],
+                        "retryAfterSeconds": 1})
+    return wanted
+
+
 def _typed(kind: KindInfo, obj: Obj) -> Obj:
     obj.setdefault("kind", kind.kind)
     obj.setdefault("apiVersion", kind.api_version)
@@ -67,13 +81,8 @@ async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
     match: Callable[[Obj], bool] = predicate if predicate is not None else (lambda obj: True)
     end_bookmark = False
     if send_initial_events is not None:
-        wanted = parse_resource_version(resource_version) if resource_version else 0
-        if wanted > storage.revision:
-            raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
-                           f"{storage.revision}",
-                           {"causes": [{"reason": "ResourceVersionTooLarge",
-                                        "message": "Too large resource version"}],
-                            "retryAfterSeconds": 1})
+        if resource_version:
+            not_newer_than_store(resource_version, storage)
     if send_initial_events:
         page = await storage.range(prefix)
         initial = codec.decode_all(page.kvs)

@@ -54,8 +54,8 @@ from svcnet.controlplane.storage.etcd_client import (
     Json, WatchCompacted, b64, bytes_end, parse_etcd_url, unb64,
 )
 from svcnet.controlplane.storage.interface import (
-    CompactedError, Compare, FutureRevisionError, KeyValue, Op, Put, RangeResult, Storage, StorageError,
-    TxnResult, Watch, WatchClosed, WatchEvent,
+    REGISTRY_ROOT, CompactedError, Compare, FutureRevisionError, KeyValue, Op, Put, RangeResult, Storage,
+    StorageError, TxnResult, Watch, WatchClosed, WatchEvent,
 )
 
 __all__ = ["EtcdStorage", "EtcdTimeoutError", "EtcdUnavailableError", "parse_etcd_url"]
@@ -63,7 +63,7 @@ __all__ = ["EtcdStorage", "EtcdTimeoutError", "EtcdUnavailableError", "parse_etc
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = DEFAULT_ETCD_PREFIX
-LOGICAL_ROOT = "/registry"  # where the registry's keys start, whatever the etcd prefix
+LOGICAL_ROOT = REGISTRY_ROOT  # where the registry's keys start, whatever the etcd prefix
 _LIST_PAGE = 500
 
 

@@ -164,6 +164,11 @@ class Watch(abc.ABC):
             self.close()
 
 
+#: The root of every key the registry writes (kube's layout: /registry/services/specs/…).
+#: A backend may store it elsewhere: etcd maps it onto --etcd-prefix.
+REGISTRY_ROOT = "/registry"
+
+
 def prefix_end(prefix: str) -> str:
     """The first key after every key starting with `prefix` (etcd's range_end)."""
     if not prefix:

@@ -107,40 +107,38 @@ _DNS1035_LABEL_FMT = "[a-z]([-a-z0-9]*[a-z0-9])?"
 _DNS1035_LABEL_RE = re.compile(f"^{_DNS1035_LABEL_FMT}$")
 
 
-def dns1123_label(value: str) -> list[str]:
+def _name_format(value: str, max_length: int, pattern: re.Pattern[str], message: str) -> list[str]:
+    """apimachinery's IsDNS1123Label & co.: a length error and/or a format error."""
     errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not _DNS1123_LABEL_RE.match(value):
-        errs.append("a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
-                    "or '-', and must start and end with an alphanumeric character (e.g. "
-                    "'my-name',  or '123-abc', regex used for validation is "
-                    f"'{_DNS1123_LABEL_FMT}')")
+    if len(value) > max_length:
+        errs.append(f"must be no more than {max_length} characters")
+    if not pattern.match(value):
+        errs.append(message)
     return errs
+
+
+def dns1123_label(value: str) -> list[str]:
+    return _name_format(value, 63, _DNS1123_LABEL_RE,
+                        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
+                        "or '-', and must start and end with an alphanumeric character (e.g. "
+                        "'my-name',  or '123-abc', regex used for validation is "
+                        f"'{_DNS1123_LABEL_FMT}')")
 
 
 def dns1123_subdomain(value: str) -> list[str]:
-    errs = []
-    if len(value) > 253:
-        errs.append("must be no more than 253 characters")
-    if not _DNS1123_SUBDOMAIN_RE.match(value):
-        errs.append("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                    "characters, '-' or '.', and must start and end with an alphanumeric "
-                    "character (e.g. 'example.com', regex used for validation is "
-                    f"'{_DNS1123_SUBDOMAIN_FMT}')")
-    return errs
+    return _name_format(value, 253, _DNS1123_SUBDOMAIN_RE,
+                        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                        "characters, '-' or '.', and must start and end with an alphanumeric "
+                        "character (e.g. 'example.com', regex used for validation is "
+                        f"'{_DNS1123_SUBDOMAIN_FMT}')")
 
 
 def dns1035_label(value: str) -> list[str]:
-    errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not _DNS1035_LABEL_RE.match(value):
-        errs.append("a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
-                    "start with an alphabetic character, and end with an alphanumeric character "
-                    "(e.g. 'my-name',  or 'abc-123', regex used for validation is "
-                    f"'{_DNS1035_LABEL_FMT}')")
-    return errs
+    return _name_format(value, 63, _DNS1035_LABEL_RE,
+                        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
+                        "start with an alphabetic character, and end with an alphanumeric character "
+                        "(e.g. 'my-name',  or 'abc-123', regex used for validation is "
+                        f"'{_DNS1035_LABEL_FMT}')")
 
 
 def iana_svc_name(value: str) -> list[str]:
