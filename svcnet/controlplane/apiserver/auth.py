@@ -1,7 +1,7 @@
 """Bearer-token authentication and a two-role authorizer.
 
-Two static tokens live in `DATA_DIR/pki/tokens.json` (mode 0600, generated on first
-start, reused after): `admin` may do everything; `readonly` (for node agents, the proxy
+Two static tokens live in `DATA_DIR/pki/tokens.json` (or the `--pki-dir` that several
+API servers share; mode 0600, generated on first start, reused after): `admin` may do everything; `readonly` (for node agents, the proxy
 and DNS) may only get, list and watch. This mirrors kube-apiserver's static token file
 plus RBAC with two roles, which is all svcnet needs. As in Kubernetes' default RBAC,
 the health endpoints and /version are public; everything else needs a valid token.
@@ -52,13 +52,21 @@ class Tokens:
         raise APIError(401, "Unauthorized", "Unauthorized")
 
 
-def load_or_create_tokens(data_dir: Path) -> Tokens:
-    """Read `pki/tokens.json`, creating it with fresh random tokens when missing."""
-    path = data_dir / "pki" / "tokens.json"
+def load_or_create_tokens(data_dir: Path, *, pki_dir: Path | None = None) -> Tokens:
+    """Read `tokens.json` in `pki_dir` (default `data_dir/pki`), creating it with fresh
+    random tokens when missing (under the directory's lock: servers sharing it agree)."""
+    from svcnet.controlplane.apiserver.certs import directory_lock
+
+    directory = pki_dir if pki_dir is not None else data_dir / "pki"
+    path = directory / "tokens.json"
+    with directory_lock(directory):
+        return _load_or_create(path)
+
+
+def _load_or_create(path: Path) -> Tokens:
     if path.exists():
         data = json.loads(path.read_text())
         return Tokens(admin=data["admin"], readonly=data["readonly"])
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tokens = Tokens(admin=secrets.token_urlsafe(32), readonly=secrets.token_urlsafe(32))
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,7 +1,13 @@
 """The apiserver's PKI: a CA and a serving certificate, kept in the data directory.
 
 First start generates `pki/ca.{crt,key}` and `pki/apiserver.{crt,key}` (ECDSA P-256);
-later starts reuse them, so kubeconfigs written before a restart stay valid. The serving
+later starts reuse them, so kubeconfigs written before a restart stay valid.
+
+Several API servers of one cluster share one identity by sharing the CA directory
+(`svcnet apiserver --pki-dir DIR`, default DATA_DIR/pki): the CA and the tokens live
+there, while each server's serving certificate stays in its own DATA_DIR/pki with the
+SANs of its own addresses, so one kubeconfig trusts them all. Creating the CA takes a
+lock on the directory, so servers started together make one CA, not two. The serving
 certificate is re-issued (by the same CA) when it lacks a SAN the current flags need, or
 is close to expiry. SANs follow kube-apiserver: the listen/advertise IPs, 127.0.0.1,
 localhost, the `kubernetes` Service ClusterIP (first address of the service CIDR) and
@@ -10,16 +16,19 @@ the `kubernetes.default.svc…` names.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import logging
 import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -35,17 +44,19 @@ SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
 
 @dataclass(frozen=True)
 class PKI:
-    """Paths of the CA and serving key pair in the data directory."""
+    """Paths of the serving key pair (`directory`) and of the CA (`ca_directory`,
+    the same directory unless the CA is shared between API servers)."""
 
     directory: Path
+    ca_directory: Path | None = None
 
     @property
     def ca_cert(self) -> Path:
-        return self.directory / "ca.crt"
+        return (self.ca_directory or self.directory) / "ca.crt"
 
     @property
     def ca_key(self) -> Path:
-        return self.directory / "ca.key"
+        return (self.ca_directory or self.directory) / "ca.key"
 
     @property
     def serving_cert(self) -> Path:
@@ -121,6 +132,10 @@ def _serving_ok(pki: PKI, want_ips: set[str], want_names: set[str]) -> bool:
     ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     if cert.issuer != ca.subject or cert.not_valid_after_utc - RENEW_BEFORE < _now():
         return False
+    try:  # every svcnet CA is "svcnet-ca": a shared CA (--pki-dir) must have signed it
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -157,12 +172,30 @@ def _make_serving(pki: PKI, want_ips: set[str], want_names: set[str]) -> None:
     log.info("issued serving certificate ips=%s", ",".join(sorted(want_ips)))
 
 
-def ensure_pki(data_dir: Path, ips: Iterable[str], names: Iterable[str] = ()) -> PKI:
-    """Create or reuse the CA and serving certificate under `data_dir/pki`."""
-    pki = PKI(data_dir / "pki")
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on `directory/.lock`: API servers sharing a PKI directory
+    create its CA and tokens once."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def ensure_pki(data_dir: Path, ips: Iterable[str], names: Iterable[str] = (), *,
+               pki_dir: Path | None = None) -> PKI:
+    """Create or reuse the CA (in `pki_dir`, default `data_dir/pki`) and this server's
+    serving certificate (in `data_dir/pki`)."""
+    own = data_dir / "pki"
+    ca_dir = pki_dir if pki_dir is not None and pki_dir.resolve() != own.resolve() else None
+    pki = PKI(own, ca_dir)
     pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not (pki.ca_cert.exists() and pki.ca_key.exists()):
-        _make_ca(pki)
+    with directory_lock(ca_dir or own):
+        if not (pki.ca_cert.exists() and pki.ca_key.exists()):
+            _make_ca(pki)
     want_ips, want_names = _wanted_sans(ips, names)
     if not _serving_ok(pki, want_ips, want_names):
         _make_serving(pki, want_ips, want_names)
