@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -127,7 +128,7 @@ class LabUp:
         logf = self.paths.log(component)
         logf.parent.mkdir(parents=True, exist_ok=True)
         with open(logf, "ab") as out:
-            out.write(f"# {' '.join(full)}\n".encode())
+            out.write(f"# {shlex.join(full)}\n".encode())  # the exact command, to rerun by hand
             out.flush()
             proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -219,7 +220,7 @@ class LabUp:
                         "--pod-kubeconfig", str(self.paths.admin_kubeconfig),
                         "--node-ip", str(node.underlay_ip), "--pod-cidr", str(node.pod_cidr),
                         "--state-dir", str(node_dir), "--cluster-dns", str(net.cluster_dns),
-                        "--cluster-domain", net.dns_domain, "--node-labels", ",".join(labels),
+                        "--cluster-domain", net.dns_domain, *(["--node-labels", ",".join(labels)] if labels else []),
                         "--pod-manifest-path", str(node_dir / "manifests")))
                 await self.wait_for("every Node to be Ready", lambda: self._nodes_ready(client),
                                     [f"node-agent-{n.name}" for n in topo.nodes] + ["apiserver"])

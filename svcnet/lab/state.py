@@ -124,6 +124,17 @@ class StateFile:
                 yield from StateFile(rec.name).all_records(seen)
             yield rec
 
+    def rewrite(self, records: list[Record]) -> None:
+        """Replace the journal with `records` (atomically: a crash keeps the old one)."""
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, "".join(r.to_json() + "\n" for r in records).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
     def remove(self) -> None:
         try:
             self.path.unlink()

@@ -21,6 +21,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from svcnet.lab.netns import Netns, NetnsError, delete_netns, netns_exists, netns_inode
 from svcnet.lab.state import Record, StateFile, process_start_time
@@ -93,9 +94,12 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-async def teardown(state: StateFile, grace: float = 5.0, dry_run: bool = False) -> TeardownReport:
-    """Remove every object `state` (and the files it includes) records."""
+async def teardown(state: StateFile, grace: float = 5.0, dry_run: bool = False,
+                   keep: Callable[[Record], bool] | None = None) -> TeardownReport:
+    """Remove every object `state` (and the files it includes) records, except those
+    `keep` says stay (they are written back as the whole journal)."""
     report = TeardownReport()
+    kept = [r for r in state.records() if keep(r)] if keep else []
     # 1. processes. A process being stopped may still be creating objects (an agent
     # setting up a pod while it gets SIGTERM) and journaling them: so stop, re-read
     # the journals, and repeat until a pass finds nothing new.
@@ -103,7 +107,8 @@ async def teardown(state: StateFile, grace: float = 5.0, dry_run: bool = False) 
     for _ in range(5):
         by_kind = {}
         for rec in state.all_records():
-            by_kind.setdefault(rec.kind, []).append(rec)
+            if keep is None or not keep(rec):
+                by_kind.setdefault(rec.kind, []).append(rec)
         targets = [(r.pid, r.start_time, r.name) for r in by_kind.get("process", [])]
         inodes = {ino for r in by_kind.get("netns", []) if (ino := netns_inode(r.name)) is not None}
         recorded = {p for p, _, _ in targets}
@@ -182,6 +187,9 @@ async def teardown(state: StateFile, grace: float = 5.0, dry_run: bool = False) 
     if not dry_run and report.ok:
         for rec in by_kind.get("include", []):
             StateFile(rec.name).remove()
+        if kept:
+            state.rewrite(kept)
+            return report
         state.remove()
         for rec in reversed(by_kind.get("tree", [])):
             shutil.rmtree(rec.name, ignore_errors=True)

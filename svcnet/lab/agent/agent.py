@@ -16,15 +16,17 @@ the file, named `<name>-<node>`, and a mirror pod (annotation
 `kubernetes.io/config.mirror`) makes them and their status visible in the API;
 removing the file stops the pod and deletes the mirror.
 
-On start, whatever an earlier run of this agent left (its state file) is torn
-down first: pods are recreated rather than adopted, so a restarted agent restarts
-its pods.
+On start, pods an earlier run of this agent left running are adopted (each pod
+has a checkpoint: its sandbox and container pids with their start times), as the
+kubelet keeps containers across its own restarts; whatever else that run created
+is torn down from its state file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ from svcnet.lab.agent.events import EventRecorder
 from svcnet.lab.agent.node import NodeConfig, NodeRegistration
 from svcnet.lab.agent.pod_worker import PodWorker, WorkerContext
 from svcnet.lab.agent.podspec import ClusterDNS
-from svcnet.lab.agent.sandbox import SandboxManager
+from svcnet.lab.agent.sandbox import Sandbox, SandboxManager
+from svcnet.lab.netns import netns_exists
 from svcnet.lab.state import StateFile
 from svcnet.lab.teardown import teardown
 
@@ -61,12 +64,14 @@ class NodeAgent:
         self.events = EventRecorder(client, cfg.name)
         self.ctx = WorkerContext(cfg.name, cfg.ip, kubeconfig, self.sandboxes, state_dir / "pods",
                                  report=self._on_worker_status, backoff_initial=backoff_initial,
-                                 service_env=self._service_env, event=self.events.emit)
+                                 service_env=self._service_env, event=self.events.emit,
+                                 checkpoint_dir=state_dir / "checkpoints")
         self.registration = NodeRegistration(client, cfg, lease_interval=lease_interval)
         self.manifest_path = manifest_path
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self.terminating: set[str] = set()
         self._dirty = asyncio.Event()
+        self._adopted = asyncio.Event()
         self._status_dirty: set[str] = set()
         self._status_event = asyncio.Event()
         self._written: dict[str, Obj] = {}
@@ -77,9 +82,6 @@ class NodeAgent:
     # -- running -------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.state.exists():
-            report = await teardown(self.state, grace=2.0)
-            log.info("removed %d objects left by an earlier run", len(report.removed))
         await self.registration.register()
         self.pods = self.source.informer(PODS, field_selector={"spec.nodeName": self.cfg.name})
         self.services = self.source.informer(SERVICES)
@@ -92,6 +94,8 @@ class NodeAgent:
         try:
             await self.pods.wait_for_sync()
             await self.services.wait_for_sync()
+            await self._adopt_or_clean()
+            self._adopted.set()
             tasks.append(asyncio.create_task(self._static_pod_loop(), name="static-pods"))
             self.registration.set_ready(True)
             log.info("node=%s ready: pods synced", self.cfg.name)
@@ -106,7 +110,42 @@ class NodeAgent:
         if stop_pods:
             await asyncio.gather(*(w.terminate(2.0) for w in self.workers.values()), return_exceptions=True)
 
+    async def _adopt_or_clean(self) -> None:
+        """After a restart: take over the pods an earlier run left running (their
+        checkpoint matches a pod still bound here and the namespace still exists),
+        and remove everything else that run created, as the kubelet keeps running
+        containers across its own restarts."""
+        assert self.pods is not None
+        ckpt_dir = self.ctx.checkpoint_dir
+        alive = {str(meta(p).get("uid")): p for p in self.pods.list()
+                 if (p.get("spec") or {}).get("nodeName") == self.cfg.name and not meta(p).get("deletionTimestamp")}
+        owners: set[str] = set()
+        for f in sorted(ckpt_dir.glob("*.json")) if ckpt_dir and ckpt_dir.is_dir() else []:
+            try:
+                ck = json.loads(f.read_text())
+                sb = Sandbox(**ck["sandbox"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("unreadable checkpoint %s: %s", f, e)
+                f.unlink(missing_ok=True)
+                continue
+            pod = alive.get(str(ck.get("uid")))
+            if pod is None or not netns_exists(sb.netns):
+                f.unlink(missing_ok=True)
+                continue
+            w = PodWorker(pod, self.ctx)
+            w.adopt(sb, ck)
+            self.sandboxes.ipam.reserve(sb.ip, sb.uid)
+            self.workers[sb.uid] = w
+            owners.add(f"pod/{sb.namespace}/{sb.name}")
+            log.info("adopted pod=%s netns=%s ip=%s", key_of(pod), sb.netns, sb.ip)
+            w.start()
+        if self.state.exists():
+            report = await teardown(self.state, grace=2.0, keep=lambda r: r.owner in owners)
+            if report.removed:
+                log.info("removed %d objects an earlier run left", len(report.removed))
+
     async def _reconcile_loop(self) -> None:
+        await self._adopted.wait()
         while True:
             await self._dirty.wait()
             self._dirty.clear()

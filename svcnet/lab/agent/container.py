@@ -70,3 +70,60 @@ class ContainerProcess:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class AdoptedProcess(ContainerProcess):
+    """A container an earlier run of the agent started, taken over by pid.
+
+    It is not our child, so its exit status cannot be collected: a pidfd says
+    when it exits (readable on exit, Linux 5.3), and the exit is reported the way
+    the kubelet reports a container it lost track of (ContainerStatusUnknown, 137).
+    """
+
+    LOST_EXIT_CODE = 137
+
+    def __init__(self, name: str, pid: int) -> None:
+        super().__init__(name, "", [], {}, None, Path("/dev/null"))
+        self._pid = pid
+        self._fd = os.pidfd_open(pid)
+        self._exited = asyncio.Event()
+        self.returncode: int | None = None
+        asyncio.get_running_loop().add_reader(self._fd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+        os.close(self._fd)
+        self.returncode = self.LOST_EXIT_CODE
+        self._exited.set()
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    async def start(self) -> int:
+        raise RuntimeError("an adopted container is already running")
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        return self.LOST_EXIT_CODE
+
+    def running(self) -> bool:
+        return not self._exited.is_set()
+
+    async def stop(self, grace: float) -> int | None:
+        if self.running():
+            self._killpg(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(max(grace, 0.0)):
+                    await self._exited.wait()
+            except TimeoutError:
+                self._killpg(signal.SIGKILL)
+                await self._exited.wait()
+        self._killpg(signal.SIGKILL)
+        return self.returncode
+
+    def _killpg(self, sig: int) -> None:
+        try:
+            os.killpg(self._pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

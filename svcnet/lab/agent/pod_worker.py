@@ -19,7 +19,9 @@ and restartCount.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
+import json
 import logging
 import os
 import time
@@ -28,11 +30,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from svcnet.apiclient.objects import Obj, meta
-from svcnet.lab.agent.container import ContainerProcess
+from svcnet.lab.agent.container import AdoptedProcess, ContainerProcess
 from svcnet.lab.agent.events import PodEvent
 from svcnet.lab.agent.podspec import PodContext, PodSpecError, container_argv, container_env, parse_probe
 from svcnet.lab.agent.probes import ProbeState, run_probe
 from svcnet.lab.agent.sandbox import Sandbox, SandboxManager
+from svcnet.lab.state import process_start_time
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class WorkerContext:
     backoff_max: float = 300.0
     service_env: Callable[[str], dict[str, str]] = lambda ns: {}
     event: Callable[[PodEvent], None] = lambda e: None
+    checkpoint_dir: Path | None = None  # where pods are checkpointed for adoption after an agent restart
 
 
 @dataclass
@@ -106,6 +110,7 @@ class PodWorker:
         self._stopping = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self.terminated = asyncio.Event()
+        self._adopt: dict[str, Any] = {}  # container -> {"pid", "start_time", ...} from a checkpoint
 
     @property
     def key(self) -> str:
@@ -119,7 +124,41 @@ class PodWorker:
     def update(self, pod: Obj) -> None:
         self.pod = pod
 
+    def adopt(self, sandbox: Sandbox, checkpoint: Obj) -> None:
+        """Take over a pod an earlier run of the agent started (call before start())."""
+        self.sandbox = sandbox
+        self.start_time = str(checkpoint.get("startTime") or now_rfc3339())
+        api = {c.get("name"): c for c in (self.pod.get("status") or {}).get("containerStatuses") or []}
+        for name, c in (checkpoint.get("containers") or {}).items():
+            st = self.containers.get(name)
+            if st is None:
+                continue
+            st.restart_count = int(c.get("restartCount") or 0)
+            if process_start_time(int(c.get("pid") or 0)) == c.get("startTime"):
+                self._adopt[name] = c
+                st.ready = bool((api.get(name) or {}).get("ready"))  # no blip until probes speak
+
+    def _checkpoint(self) -> None:
+        if self.ctx.checkpoint_dir is None or self.sandbox is None:
+            return
+        data = {"uid": self.uid, "namespace": self.namespace, "name": self.name, "startTime": self.start_time,
+                "sandbox": dataclasses.asdict(self.sandbox),
+                "containers": {n: {"pid": p.pid, "startTime": process_start_time(p.pid or 0),
+                                   "restartCount": self.containers[n].restart_count,
+                                   "startedAt": self.containers[n].state.get("running", {}).get("startedAt")}
+                               for n, p in self.processes.items() if p.running()}}
+        path = self.ctx.checkpoint_dir / f"{self.uid}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
     async def _run(self) -> None:
+        if self.sandbox is not None:  # adopted: the sandbox is already there
+            self._report()
+            for c in (self.pod.get("spec") or {}).get("containers") or []:
+                self._tasks.append(asyncio.get_running_loop().create_task(self._container_loop(c)))
+            return
         delay = 1.0
         while not self._stopping.is_set():
             try:
@@ -160,6 +199,8 @@ class PodWorker:
             await asyncio.gather(self._main, return_exceptions=True)
         if self.sandbox is not None:
             await self.ctx.sandboxes.remove(self.sandbox)
+        if self.ctx.checkpoint_dir is not None:
+            (self.ctx.checkpoint_dir / f"{self.uid}.json").unlink(missing_ok=True)
         self.terminated.set()
         log.info("pod=%s terminated", self.key)
 
@@ -189,11 +230,15 @@ class PodWorker:
             return
         st.has_readiness = readiness is not None
         while not self._stopping.is_set():
-            proc = ContainerProcess(st.name, self.sandbox.netns if self.sandbox else "", argv, env,
-                                    c.get("workingDir"), self.ctx.log_dir / self.namespace / self.name /
-                                    f"{st.name}.log")
+            proc: ContainerProcess = ContainerProcess(
+                st.name, self.sandbox.netns if self.sandbox else "", argv, env, c.get("workingDir"),
+                self.ctx.log_dir / self.namespace / self.name / f"{st.name}.log")
+            adopted = self._adopt.pop(st.name, None)
             try:
-                await proc.start()
+                if adopted is not None:
+                    proc = AdoptedProcess(st.name, int(adopted["pid"]))
+                else:
+                    await proc.start()
             except OSError as e:
                 st.state = {"waiting": {"reason": "RunContainerError", "message": str(e)}}
                 self._event("Warning", "Failed", f"Error: {e}", st.name)
@@ -202,10 +247,17 @@ class PodWorker:
             else:
                 self.processes[st.name] = proc
                 started_at, t0 = now_rfc3339(), time.monotonic()
+                if adopted is not None:
+                    started_at = str(adopted.get("startedAt") or started_at)
+                    log.info("pod=%s container=%s adopted pid=%s", self.key, st.name, proc.pid)
+                else:
+                    st.ready = readiness is None
+                    self._event("Normal", "Started", f"Started container {st.name}", st.name)
                 st.state = {"running": {"startedAt": started_at}}
                 st.started = True
-                st.ready = readiness is None
-                self._event("Normal", "Started", f"Started container {st.name}", st.name)
+                if readiness is None:
+                    st.ready = True
+                self._checkpoint()
                 self._report()
                 probes = [asyncio.get_running_loop().create_task(self._probe_loop(st, proc, readiness, "readiness"))
                           if readiness else None,
@@ -222,6 +274,9 @@ class PodWorker:
             reason = "Completed" if code == 0 else "Error"
             terminated = {"exitCode": code if code >= 0 else 128 - code, "reason": reason,
                           "startedAt": started_at, "finishedAt": now_rfc3339()}
+            if isinstance(proc, AdoptedProcess):  # not our child: its exit status is lost
+                terminated.update(reason="ContainerStatusUnknown",
+                                  message="exit status unknown: started by an earlier run of the agent")
             if code < 0:
                 terminated["signal"] = -code
             restart = policy == "Always" or (policy == "OnFailure" and code != 0)
@@ -249,7 +304,7 @@ class PodWorker:
     async def _probe_loop(self, st: ContainerState, proc: ContainerProcess, spec: Any, kind: str,
                           grace: float = 30.0) -> None:
         assert self.sandbox is not None
-        state = ProbeState(spec, initially_ok=(kind == "liveness"))
+        state = ProbeState(spec, initially_ok=(kind == "liveness") or st.ready)
         await asyncio.sleep(spec.initial_delay)
         while proc.running():
             result = await run_probe(spec, self.sandbox.ip, self.sandbox.netns, self.ctx.sandboxes.node_netns)

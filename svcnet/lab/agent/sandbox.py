@@ -59,6 +59,12 @@ class HostLocalIPAM:
                 return str(h)
         raise IPAMExhausted(f"podCIDR {self.network} has no free address")
 
+    def reserve(self, ip: str, owner: str) -> None:
+        """Mark `ip` used by `owner` (a sandbox adopted from an earlier run)."""
+        if ipaddress.IPv4Address(ip) not in self.network:
+            raise ValueError(f"{ip} is not in podCIDR {self.network}")
+        self._used[ip] = owner
+
     def release(self, ip: str) -> None:
         self._used.pop(ip, None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -105,4 +106,4 @@ def logged_command(lab: Lab, component: str) -> list[str]:
     """The exact command line the lab started a component with (first line of its log)."""
     first = (lab.root / lab.name / "logs" / f"{component}.log").read_text().splitlines()[0]
     assert first.startswith("# ")
-    return first[2:].split()
+    return shlex.split(first[2:])

@@ -92,3 +92,50 @@ def test_static_pod_from_a_manifest_directory(tmp_path: Path, lab_name: str) -> 
         assert answer == mirror
         (manifests / "static-echo.yaml").unlink()
         lab.until("the mirror pod gone", lambda: mirror not in lab.kubectl("get", "pods", "-o", "name"))
+
+
+def test_agent_restart_adopts_running_pods(tmp_path: Path, lab_name: str) -> None:
+    """Like a kubelet restart: the pods keep running while the agent is down, and the
+    new agent takes them over (same IP, same process) instead of restarting them."""
+    with running_lab(tmp_path, lab_name, dns_replicas=0) as lab:
+        node = f"{lab_name}-worker"
+        lab.kubectl_apply(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: keep, labels: {app: keep}}\n"
+            f"spec: {{nodeName: {node}, containers: [{{name: echo, image: svcnet/echo, "
+            "ports: [{containerPort: 8080}], readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}}]}\n")
+        pod = lab.until("the pod ready", lambda: (lambda p: p if any(
+            c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
+            else None)(lab.json("get", "pod", "keep")))
+        ip = pod["status"]["podIP"]
+
+        def echo_pid() -> int:
+            out = subprocess.run(["pgrep", "-f", "svcnet.lab.apps.echo --name keep"], capture_output=True, text=True)
+            pids = [int(p) for p in out.stdout.split()]
+            assert len(pids) == 1, pids
+            return pids[0]
+
+        before = echo_pid()
+        agent = lab_process(lab, f"node-agent-{node}")
+        cmd = logged_command(lab, f"node-agent-{node}")
+        os.kill(agent, signal.SIGTERM)
+        # the pod keeps serving while its agent is gone
+        assert lab.exec(node, PY, "-m", "svcnet.lab.apps.client", "tcp", ip, "8080", "-m", "hostname") == "keep"
+        log = open(lab.root / lab.name / "logs" / f"node-agent-{node}.log", "ab")
+        restarted = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env=lab.env)
+        try:
+            lab.until("the adoption", lambda: b"adopted pod=default/keep" in
+                      (lab.root / lab.name / "logs" / f"node-agent-{node}.log").read_bytes())
+            assert echo_pid() == before
+            pod = lab.json("get", "pod", "keep")
+            assert pod["status"]["podIP"] == ip and pod["status"]["containerStatuses"][0]["restartCount"] == 0
+            # an adopted container that dies is noticed (pidfd) and restarted
+            os.kill(before, signal.SIGKILL)
+            pod = lab.until("the restart", lambda: (lambda p: p if p["status"]["containerStatuses"][0]
+                                                    ["restartCount"] == 1 else None)(lab.json("get", "pod", "keep")))
+            last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+            assert last["exitCode"] == 137 and last["reason"] == "ContainerStatusUnknown"
+            lab.until("serving again", lambda: lab.exec(node, PY, "-m", "svcnet.lab.apps.client", "tcp", ip,
+                                                        "8080", "-m", "hostname", check=False) == "keep")
+        finally:
+            restarted.terminate()
+            restarted.wait(timeout=10)
