@@ -25,12 +25,23 @@ Semantics follow the API conventions, not any one server:
   its typed error (`Expired` for 410). A clean end of the stream (the server's
   `timeoutSeconds`) ends the iteration; a broken stream raises `TransportError`.
   Watch paths use `?watch=true` on the collection, as client-go does.
+* **Several servers** (`servers=`, or a kubeconfig's `svcnet.io/servers` extension):
+  requests go to the current server; when it cannot be reached the client moves to
+  the next and stays there. A request that never left (connection refused, connect
+  timeout) is re-sent to the next server whatever its verb; a GET (watches included)
+  also after a reset or a lost answer, as client-go retries only GETs on those. A
+  write whose answer was lost raises `TransportError`: it may have been applied, so
+  only the caller can tell whether to repeat it (the next request goes to the next
+  server). HTTP errors never move the client: every server would answer the same.
+  A Reflector whose watch broke thus resumes from its last resourceVersion on the next
+  server, which shares the store, so nothing is lost or delivered twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import platform
@@ -102,8 +113,11 @@ class RestClient:
     def __init__(self, server: str, *, transport: Transport | None = None,
                  config: KubeConfig | None = None, timeout: float | None = 30.0,
                  max_retries: int = 3, sleep: Sleep = asyncio.sleep,
-                 user_agent: str = USER_AGENT) -> None:
-        self.server = server.rstrip("/")
+                 user_agent: str = USER_AGENT, servers: tuple[str, ...] | list[str] = ()) -> None:
+        first = server.rstrip("/")
+        listed = [u.rstrip("/") for u in (servers or (config.servers if config else ()))]
+        self.servers: tuple[str, ...] = (first, *[u for u in dict.fromkeys(listed) if u != first])
+        self._current = 0
         self.config = config
         self.default_namespace = config.namespace if config else "default"
         self.timeout = timeout
@@ -113,6 +127,11 @@ class RestClient:
         self._transport: Transport = transport or AiohttpTransport(
             config.ssl_context() if config else None,
             server_hostname=config.tls_server_name if config else None)
+
+    @property
+    def server(self) -> str:
+        """The server requests go to now (the first of `servers` that answered last)."""
+        return self.servers[self._current]
 
     @classmethod
     def from_config(cls, config: KubeConfig, **kwargs: Any) -> RestClient:
@@ -377,8 +396,16 @@ class RestClient:
     async def send(self, request: Request, what: str) -> Response:
         """Send, retrying where the server asks to; a successful response is returned open."""
         attempt = 0
+        tried: set[str] = set()
         while True:
-            resp = await self._transport.send(request)
+            try:
+                resp = await self._transport.send(request)
+            except errors.TransportError as e:
+                moved = self._fail_over(request, e, tried)
+                if moved is None:
+                    raise
+                request = moved
+                continue
             if 200 <= resp.status < 300:
                 return resp
             try:
@@ -395,6 +422,28 @@ class RestClient:
             log.info("retrying after the server asked to what=%s code=%d delay=%.1fs attempt=%d",
                      what, resp.status, delay, attempt)
             await self._sleep(delay)
+
+
+    def _fail_over(self, request: Request, error: errors.TransportError, tried: set[str]) -> Request | None:
+        """After `error` from the server `request` went to: move to the next server, and
+        return the request re-addressed there if it may be re-sent (see the module doc)."""
+        url = URL(request.url)
+        origin = str(url.origin())  # as strings: URL equality tells ":443" from no port
+        base = next((s for s in self.servers if str(URL(s).origin()) == origin), None)
+        if base is None or len(self.servers) < 2:
+            return None
+        tried.add(base)
+        if self.server == base:  # another request may have moved on already
+            self._current = (self._current + 1) % len(self.servers)
+            log.warning("apiserver unreachable server=%s error=%s: switching to %s", base, error,
+                        self.server)
+        if self.server in tried:
+            return None  # every server failed this request
+        if not (error.connect_failed or request.method == "GET"):
+            return None  # a write may have landed: the caller decides (the next one goes on)
+        to = URL(self.server)
+        moved = url.with_scheme(to.scheme).with_host(to.raw_host or "").with_port(to.explicit_port)
+        return dataclasses.replace(request, url=str(moved))
 
 
 def _name_for_message(obj: Obj) -> str:

@@ -146,7 +146,16 @@ class ServerTimeout(ApiError, TimeoutError):
 
 
 class TransportError(ConnectionError):
-    """The request did not get an answer: refused, reset, timed out, or a stream broke."""
+    """The request did not get an answer: refused, reset, timed out, or a stream broke.
+
+    `connect_failed` is True when no connection could be made (refused, unreachable,
+    connect timeout, TLS handshake refused): the request was certainly not sent, so
+    any request, a write too, may go to another server.
+    """
+
+    def __init__(self, message: str = "", *, connect_failed: bool = False) -> None:
+        super().__init__(message)
+        self.connect_failed = connect_failed
 
 
 class DecodeError(TransportError):

@@ -15,6 +15,24 @@ context name wins, and the first file to set `current-context` wins. Relative
 paths (`certificate-authority`, `client-certificate`, `client-key`, `tokenFile`)
 are relative to the file that names them.
 
+Several API servers (a svcnet extension). A kubeconfig cluster has one `server`;
+svcnet clients also read a list of equivalent servers from the cluster's
+`extensions`, which kubectl keeps but ignores:
+
+    clusters:
+    - name: svcnet
+      cluster:
+        server: https://192.0.2.10:6443          # kubectl uses this one
+        certificate-authority-data: ...
+        extensions:
+        - name: svcnet.io/servers
+          extension:
+            servers: [https://192.0.2.10:6443, https://192.0.2.11:6443]
+
+`KubeConfig.servers` is `server` followed by the listed ones (duplicates dropped); the
+servers share the CA and credentials. `RestClient` moves to the next one when a server
+cannot be reached (see client.py). `svcnet apiserver --apiserver-peers` writes it.
+
 The result is one frozen `KubeConfig` for the chosen context. It reads nothing
 after loading except `tokenFile` (re-read when it changes, because bound
 service-account tokens rotate) and the client certificate files (read when the
@@ -40,6 +58,7 @@ import yaml
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVERS_EXTENSION = "svcnet.io/servers"
 
 
 class KubeconfigError(ValueError):
@@ -51,6 +70,7 @@ class KubeConfig:
     """Everything needed to reach and authenticate to one API server."""
 
     server: str
+    servers: tuple[str, ...] = ()  # every equivalent server, `server` first (svcnet.io/servers)
     context: str = ""
     cluster: str = ""
     user: str = ""
@@ -68,6 +88,11 @@ class KubeConfig:
     client_key_data: bytes | None = field(default=None, repr=False)  # PEM
     client_key_file: str | None = None
     origin: str = ""  # the file(s) this came from, for messages
+
+    def __post_init__(self) -> None:
+        if not self.servers or self.servers[0] != self.server:
+            rest = tuple(s for s in self.servers if s != self.server)
+            object.__setattr__(self, "servers", (self.server, *rest))
 
     @property
     def is_tls(self) -> bool:
@@ -299,6 +324,7 @@ def _resolve(m: _Merged, context: str | None) -> KubeConfig:
         raise KubeconfigError(f"{cw}.server is not set")
     if not server.startswith(("https://", "http://")):
         raise KubeconfigError(f"{cw}.server: {server!r} must start with https:// or http://")
+    servers = _servers_extension(c, server, cw)
     insecure = bool(c.get("insecure-skip-tls-verify") or False)
     ca_data = _b64(c, "certificate-authority-data", cw)
     ca_file = _local_path(c, "certificate-authority", cluster.file, cw)
@@ -324,7 +350,7 @@ def _resolve(m: _Merged, context: str | None) -> KubeConfig:
         raise KubeconfigError(f"{uw}.tokenFile: {token_file} does not exist")
     namespace = str(ctx.body.get("namespace") or "default")
     return KubeConfig(
-        server=server, context=name, cluster=str(cluster_name), user=user_name,
+        server=server, servers=servers, context=name, cluster=str(cluster_name), user=user_name,
         namespace=namespace, ca_data=ca_data, ca_file=ca_file, insecure_skip_tls_verify=insecure,
         tls_server_name=str(c["tls-server-name"]) if c.get("tls-server-name") else None,
         token=str(u["token"]) if u.get("token") else None, token_file=token_file,
@@ -333,6 +359,34 @@ def _resolve(m: _Merged, context: str | None) -> KubeConfig:
         client_cert_data=cert_data, client_cert_file=cert_file,
         client_key_data=key_data, client_key_file=key_file, origin=origin,
     )
+
+
+def _servers_extension(cluster: Mapping[str, Any], server: str, where: str) -> tuple[str, ...]:
+    """`server`, then the `svcnet.io/servers` extension's list (see the module doc)."""
+    out = [server]
+    extensions = cluster.get("extensions") or []
+    if not isinstance(extensions, list):
+        raise KubeconfigError(f"{where}.extensions: expected a list")
+    for i, ext in enumerate(extensions):
+        if not isinstance(ext, dict) or ext.get("name") != SERVERS_EXTENSION:
+            continue  # other tools' extensions are theirs
+        body = ext.get("extension")
+        listed = body.get("servers") if isinstance(body, dict) else None
+        ew = f"{where}.extensions[{i}] {SERVERS_EXTENSION!r}: extension.servers"
+        if not isinstance(listed, list):
+            raise KubeconfigError(f"{ew}: expected a list of URLs")
+        for url in listed:
+            url = str(url).rstrip("/")
+            if not url.startswith(("https://", "http://")):
+                raise KubeconfigError(f"{ew}: {url!r} must start with https:// or http://")
+            if url not in out:
+                out.append(url)
+    return tuple(out)
+
+
+def servers_extension(servers: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The cluster `extensions` entry that lists several servers (for kubeconfig writers)."""
+    return {"name": SERVERS_EXTENSION, "extension": {"servers": list(servers)}}
 
 
 def _b64(body: Mapping[str, Any], key: str, where: str) -> bytes | None:

@@ -126,13 +126,19 @@ class AiohttpTransport:
                 request.method, request.url, headers=dict(request.headers), data=request.body,
                 timeout=timeout, allow_redirects=False, **kwargs)
         except _TRANSPORT_ERRORS as e:
-            raise TransportError(f"{request.method} {_strip_query(request.url)}: {_describe(e)}") from e
+            raise TransportError(f"{request.method} {_strip_query(request.url)}: {_describe(e)}",
+                                 connect_failed=_not_sent(e)) from e
         return _AiohttpResponse(resp)
 
     async def close(self) -> None:
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
+
+
+def _not_sent(e: BaseException) -> bool:
+    """Whether the failure happened before the request could leave (no connection)."""
+    return isinstance(e, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
 
 
 def _describe(e: BaseException) -> str:
