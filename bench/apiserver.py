@@ -14,18 +14,19 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from integration.controlplane.apiserver_process import ApiServer  # noqa: E402
 
 NS = "bench"
 WATCH_NS = "bench-watch"
@@ -46,36 +47,13 @@ def service(name: str, **labels: str) -> dict[str, Any]:
             "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
 
 
-class Server:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.kubeconfig = workdir / "kubeconfig"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.workdir / "apiserver.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "svcnet", "apiserver", "--data-dir", str(self.workdir / "data"),
-             "--listen", "127.0.0.1:0", "--kubeconfig-out", str(self.kubeconfig)],
-            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.kubeconfig.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"apiserver did not start:\n{(self.workdir / 'apiserver.log').read_text()}")
-            time.sleep(0.05)
-        cfg = yaml.safe_load(self.kubeconfig.read_text())
-        self.url = cfg["clusters"][0]["cluster"]["server"]
-        self.token = cfg["users"][0]["user"]["token"]
-        self.ssl = ssl.create_default_context(cafile=str(self.workdir / "data" / "pki" / "ca.crt"))
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_server(workdir: Path, extra: Sequence[str] = ()) -> ApiServer:
+    """`svcnet apiserver` on a free loopback port with its data in `workdir` (the same
+    launcher as the integration tests); `extra` adds flags (e.g. `--storage etcd://…`)."""
+    server = ApiServer(data_dir=workdir / "data", kubeconfig=workdir / "kubeconfig",
+                       cache_dir=workdir / "cache", log=workdir / "apiserver.log", extra_args=tuple(extra))
+    server.start()
+    return server
 
 
 async def create_many(session: aiohttp.ClientSession, base: str, n: int, concurrency: int) -> float:
@@ -154,11 +132,11 @@ async def watch_delay(session: aiohttp.ClientSession, base: str, watchers: int, 
     return delays, misses
 
 
-async def run(args: argparse.Namespace, server: Server) -> None:
-    conn = aiohttp.TCPConnector(ssl=server.ssl, limit=args.watchers + 64)
-    headers = {"Authorization": f"Bearer {server.token}"}
+async def run(args: argparse.Namespace, server: ApiServer) -> None:
+    conn = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=args.watchers + 64)
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
     async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
-        base = server.url
+        base = server.server
         async with session.post(f"{base}/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
                                                                    "metadata": {"name": NS}}) as r:
             assert r.status == 201, await r.text()
@@ -196,12 +174,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900, help="overall bound in seconds")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="svcnet-bench-apiserver-"))
-    server = Server(workdir)
+    server: ApiServer | None = None
     try:
-        server.start()
+        server = start_server(workdir)
         asyncio.run(asyncio.wait_for(run(args, server), args.timeout))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

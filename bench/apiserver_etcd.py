@@ -18,55 +18,29 @@ import base64
 import json
 import os
 import shutil
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apiserver import NS, TABLE, Server, create_many, percentile, timed_get, watch_delay  # noqa: E402
+from apiserver import NS, TABLE, create_many, percentile, start_server, timed_get, watch_delay  # noqa: E402
+from integration.controlplane.apiserver_process import ApiServer  # noqa: E402
 
 from svcnet.controlplane.storage.etcd_process import EtcdCluster, EtcdNotFound, etcd_binary  # noqa: E402
 
 
-class StorageServer(Server):
-    """bench/apiserver.py's Server, started with extra flags (the storage)."""
-
-    def __init__(self, workdir: Path, extra: list[str]) -> None:
-        super().__init__(workdir)
-        self.extra = extra
-
-    def start(self) -> None:
-        log = (self.workdir / "apiserver.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "svcnet", "apiserver", "--data-dir", str(self.workdir / "data"),
-             "--listen", "127.0.0.1:0", "--kubeconfig-out", str(self.kubeconfig), *self.extra],
-            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.kubeconfig.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"apiserver did not start:\n{(self.workdir / 'apiserver.log').read_text()}")
-            time.sleep(0.05)
-        cfg = yaml.safe_load(self.kubeconfig.read_text())
-        self.url = cfg["clusters"][0]["cluster"]["server"]
-        self.token = cfg["users"][0]["user"]["token"]
-        self.ssl = ssl.create_default_context(cafile=str(self.workdir / "data" / "pki" / "ca.crt"))
-
-
-async def measure(args: argparse.Namespace, server: Server) -> dict[str, float]:
+async def measure(args: argparse.Namespace, server: ApiServer) -> dict[str, float]:
     out: dict[str, float] = {}
-    conn = aiohttp.TCPConnector(ssl=server.ssl, limit=args.watchers + 64)
-    headers = {"Authorization": f"Bearer {server.token}"}
+    conn = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=args.watchers + 64)
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
     async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
-        base = server.url
+        base = server.server
         async with session.post(f"{base}/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
                                                                    "metadata": {"name": NS}}) as r:
             assert r.status == 201, await r.text()
@@ -129,12 +103,13 @@ async def etcd_floor(cluster: EtcdCluster, n: int, concurrency: int) -> dict[str
 def run_backend(args: argparse.Namespace, name: str, cluster: EtcdCluster | None) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix=f"svcnet-bench-{name}-"))
     extra = [] if cluster is None else ["--storage", cluster.url, "--etcd-prefix", "/bench"]
-    server = StorageServer(workdir, extra)
+    server: ApiServer | None = None
     try:
-        server.start()
+        server = start_server(workdir, extra)
         return asyncio.run(asyncio.wait_for(measure(args, server), args.timeout))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from svcnet.controlplane.registry.allocators import ServiceAllocator
 from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.storage.etcd import EtcdStorage
 from svcnet.controlplane.storage.etcd_process import EtcdCluster, EtcdNotFound, etcd_binary
@@ -58,14 +57,9 @@ async def etcd_store(etcd: EtcdCluster) -> AsyncIterator[EtcdStorage]:
 
 
 @pytest.fixture
-async def registry(etcd: EtcdCluster) -> AsyncIterator[Registry]:
+async def registry(etcd: EtcdCluster, tmp_path: Path) -> AsyncIterator[Registry]:
     """tests/unit/controlplane_store's `registry`, on etcd under a prefix of its own."""
-    store = await EtcdStorage.open(etcd.endpoints, prefix=unique_prefix())
-    try:
-        reg = await Registry.with_storage(store, ServiceAllocator("10.96.0.0/12", "30000-32767"))
-    except BaseException:
-        await store.close()
-        raise
+    reg = await Registry.open(tmp_path, storage=etcd.url, etcd_prefix=unique_prefix())
     await reg.bootstrap("192.0.2.10", 6443)
     try:
         yield reg

@@ -24,7 +24,6 @@ import pytest
 from integration.controlplane.apiserver_process import ApiServer
 from svcnet.controlplane.errors import APIError
 from svcnet.controlplane.registry import kinds as k
-from svcnet.controlplane.registry.allocators import ServiceAllocator
 from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.storage.etcd import EtcdStorage
 from svcnet.controlplane.storage.etcd_process import EtcdCluster
@@ -59,9 +58,10 @@ def service(name: str) -> dict[str, Any]:
     return {"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}
 
 
-async def open_registry(endpoints: list[str], prefix: str) -> Registry:
-    store = await EtcdStorage.open(endpoints, prefix=prefix)
-    return await Registry.with_storage(store, ServiceAllocator("10.96.0.0/12", "30000-32767"))
+async def open_registry(endpoints: list[str], prefix: str, data_dir: Path) -> Registry:
+    """A Registry as `svcnet apiserver --storage etcd://ENDPOINTS --etcd-prefix PREFIX`
+    opens it (members tried in the order given)."""
+    return await Registry.open(data_dir, storage="etcd://" + ",".join(endpoints), etcd_prefix=prefix)
 
 
 async def test_kill_9_one_member_of_three_during_500_writes(tmp_path: Path) -> None:
@@ -69,8 +69,10 @@ async def test_kill_9_one_member_of_three_during_500_writes(tmp_path: Path) -> N
         victim = leader_index(cluster)
         eps = cluster.endpoints
         # client a talks to the leader first (its watch stream too); b to a follower
-        a = await open_registry([eps[victim]] + [e for i, e in enumerate(eps) if i != victim], unique := unique_prefix())
-        b = await open_registry([e for i, e in enumerate(eps) if i != victim] + [eps[victim]], unique)
+        a = await open_registry([eps[victim]] + [e for i, e in enumerate(eps) if i != victim],
+                                unique := unique_prefix(), tmp_path / "a")
+        b = await open_registry([e for i, e in enumerate(eps) if i != victim] + [eps[victim]], unique,
+                                tmp_path / "b")
         try:
             await a.bootstrap("192.0.2.10", 6443)
             await a.create(k.NAMESPACES, None, {"metadata": {"name": "load"}})
@@ -160,7 +162,7 @@ async def test_kill_9_one_member_of_three_during_500_writes(tmp_path: Path) -> N
 
 async def test_etcd_down_fails_fast_then_everything_resumes(tmp_path: Path) -> None:
     with EtcdCluster(tmp_path / "etcd", members=1) as cluster:
-        reg = await open_registry(cluster.endpoints, unique_prefix())
+        reg = await open_registry(cluster.endpoints, unique_prefix(), tmp_path / "data")
         try:
             await reg.bootstrap("192.0.2.10", 6443)
             before, _ = await reg.create(k.SERVICES, "default", service("before"))
@@ -411,7 +413,7 @@ async def test_lost_quorum_fails_fast_and_recovers(tmp_path: Path) -> None:
     metadata `hasleader`, so it refuses at once ("no leader") instead of holding each
     request for etcd's 7 s timeout; after an election's grace the API answers 503."""
     with EtcdCluster(tmp_path / "etcd", members=3) as cluster:
-        reg = await open_registry(cluster.endpoints, unique_prefix())
+        reg = await open_registry(cluster.endpoints, unique_prefix(), tmp_path / "data")
         try:
             await reg.bootstrap("192.0.2.10", 6443)
             before, _ = await reg.create(k.SERVICES, "default", service("before"))

@@ -82,3 +82,34 @@ def test_kubeconfig_shape_and_readonly_name() -> None:
     assert cfg["clusters"][0]["cluster"] == {"server": "https://127.0.0.1:6443",
                                              "certificate-authority-data": "UEVN"}
     assert cfg["users"][0]["user"] == {"token": "tok"}
+
+
+def test_gc_tuned_for_serving_freezes_start_up_state() -> None:
+    import gc
+    import weakref
+
+    from svcnet.controlplane.command import GC_GEN0_THRESHOLD, tune_gc_for_serving
+
+    thresholds = gc.get_threshold()
+    survivor = {"kept": ["across", "collections"]}  # start-up state, alive for good
+    try:
+        tune_gc_for_serving()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] >= GC_GEN0_THRESHOLD
+        assert gc.get_threshold()[1:] == thresholds[1:]
+        # frozen objects are out of every generation, so no collection walks them again
+        assert not any(o is survivor for gen in range(3) for o in gc.get_objects(gen))
+        assert gc.is_tracked(survivor)  # in the permanent generation, alive
+        # cyclic garbage made after the freeze is still collected
+
+        class Node:
+            pass
+
+        node = Node()
+        node.self = node  # type: ignore[attr-defined]
+        gone = weakref.ref(node)
+        del node
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
