@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +133,21 @@ async def watch_delay(session: aiohttp.ClientSession, base: str, watchers: int, 
     return delays, misses
 
 
-async def run(args: argparse.Namespace, server: ApiServer) -> None:
-    conn = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=args.watchers + 64)
+@contextlib.asynccontextmanager
+async def bench_session(server: ApiServer, watchers: int) -> AsyncIterator[aiohttp.ClientSession]:
+    """An admin session with room for `watchers` streams, after creating namespace NS."""
+    conn = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=watchers + 64)
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
-        base = server.server
-        async with session.post(f"{base}/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
-                                                                   "metadata": {"name": NS}}) as r:
+        async with session.post(f"{server.server}/api/v1/namespaces", json={
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}) as r:
             assert r.status == 201, await r.text()
+        yield session
 
+
+async def run(args: argparse.Namespace, server: ApiServer) -> None:
+    async with bench_session(server, args.watchers) as session:
+        base = server.server
         print(f"== create: {args.services} Services, {args.concurrency} in flight")
         seconds = await create_many(session, base, args.services, args.concurrency)
         print(f"   {args.services / seconds:8.0f} creates/s   ({seconds:.1f} s total, "

@@ -29,7 +29,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apiserver import NS, TABLE, create_many, percentile, start_server, timed_get, watch_delay  # noqa: E402
+from apiserver import (  # noqa: E402
+    NS, TABLE, bench_session, create_many, percentile, start_server, timed_get, watch_delay,
+)
 from integration.controlplane.apiserver_process import ApiServer  # noqa: E402
 
 from svcnet.controlplane.storage.etcd_process import EtcdCluster, EtcdNotFound, etcd_binary  # noqa: E402
@@ -37,13 +39,8 @@ from svcnet.controlplane.storage.etcd_process import EtcdCluster, EtcdNotFound, 
 
 async def measure(args: argparse.Namespace, server: ApiServer) -> dict[str, float]:
     out: dict[str, float] = {}
-    conn = aiohttp.TCPConnector(ssl=server.ssl_context(), limit=args.watchers + 64)
-    headers = {"Authorization": f"Bearer {server.admin_token}"}
-    async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
+    async with bench_session(server, args.watchers) as session:
         base = server.server
-        async with session.post(f"{base}/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
-                                                                   "metadata": {"name": NS}}) as r:
-            assert r.status == 201, await r.text()
         seconds = await create_many(session, base, args.services, args.concurrency)
         out["creates/s"] = args.services / seconds
         for label, url, accept in [
