@@ -3,7 +3,8 @@
     svcnet apiserver --data-dir DIR --listen HOST:PORT --kubeconfig-out FILE
         [--service-cidr 10.96.0.0/12] [--node-port-range 30000-32767]
         [--storage sqlite|etcd://HOST:PORT[,HOST:PORT…]] [--etcd-prefix /registry]
-        [--advertise-address IP]
+        [--advertise-address IP] [--pki-dir DIR] [--apiserver-peers HOST:PORT,…]
+        [--endpoint-lease-duration SECONDS]
 
 On start it opens the store in DIR, creates or reuses the CA, serving certificate and
 tokens under DIR/pki, binds HOST:PORT (port 0 picks a free port), bootstraps the
@@ -12,6 +13,14 @@ kubeconfigs: FILE (admin token, context `svcnet`) and FILE's `-readonly` sibling
 (`kubeconfig` -> `kubeconfig-readonly`, `admin.yaml` -> `admin-readonly.yaml`) with the
 read-only agent token. The kubeconfigs are written last, so a file that appears means
 the server is ready. SIGTERM/SIGINT end watches, stop serving and close the store.
+
+Several API servers on one etcd (high availability): give each its own data dir and
+the same `--storage`, `--etcd-prefix` and `--pki-dir` (one CA and token pair, so one
+kubeconfig works with all), and serve them on one port. Each keeps its endpoint in
+the `kubernetes` Service's EndpointSlice through a Lease in kube-system
+(`registry/endpoint_reconciler.py`). `--apiserver-peers` lists the others in the
+kubeconfigs written here, under the cluster extension `svcnet.io/servers`, which
+svcnet's agents use to move to another server when one dies (kubectl uses `server`).
 """
 
 from __future__ import annotations
@@ -62,6 +71,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise-address", default="",
                         help="IP the `kubernetes` Service's EndpointSlice points at "
                              "(default: the listen IP, or this host's primary IP when listening on all)")
+    parser.add_argument("--pki-dir", type=Path, metavar="DIR",
+                        help="directory of the CA and tokens, shared by every apiserver of the cluster "
+                             "(default DATA_DIR/pki; each serving certificate stays in DATA_DIR/pki)")
+    parser.add_argument("--apiserver-peers", default="", metavar="HOST:PORT,…",
+                        help="the cluster's other apiservers (HOST:PORT or https://HOST:PORT), listed after "
+                             "this one in the kubeconfigs' svcnet.io/servers extension for agents to fail over")
+    parser.add_argument("--endpoint-lease-duration", type=int, default=15, metavar="SECONDS",
+                        help="how long this apiserver's endpoint Lease in kube-system lasts unrenewed (renewed "
+                             "every half of it); a dead apiserver leaves the kubernetes EndpointSlice after it "
+                             "(default 15, kube's endpoint reconciler TTL)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: debug)")
 
 
@@ -123,11 +142,34 @@ def primary_ip() -> str:
             return "127.0.0.1"
 
 
-def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, context: str) -> dict[str, Any]:
+def peer_urls(value: str) -> list[str]:
+    """`--apiserver-peers`: HOST:PORT or https://HOST:PORT entries, as https URLs."""
+    urls = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        if entry.startswith("https://"):
+            entry = entry[len("https://"):].rstrip("/")
+        elif "://" in entry:
+            raise ValueError(f"invalid --apiserver-peers entry {entry!r}: want HOST:PORT or https://HOST:PORT")
+        host, port = parse_host_port(entry)
+        if not port:
+            raise ValueError(f"invalid --apiserver-peers entry {entry!r}: a port is required")
+        urls.append(f"https://{_url_host(host)}:{port}")
+    return urls
+
+
+def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, context: str,
+               peers: list[str] | None = None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {"server": server,
+                               "certificate-authority-data": base64.b64encode(ca_pem).decode()}
+    if peers:
+        from svcnet.apiclient.kubeconfig import servers_extension
+
+        cluster["extensions"] = [servers_extension([server, *(p for p in peers if p != server)])]
     return {
         "apiVersion": "v1", "kind": "Config", "preferences": {},
-        "clusters": [{"name": "svcnet", "cluster": {
-            "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "clusters": [{"name": "svcnet", "cluster": cluster}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": "svcnet", "user": user,
                                                    "namespace": "default"}}],
@@ -168,8 +210,9 @@ async def serve(args: argparse.Namespace) -> int:
     # gets the whole dual-stack list
     kubernetes_ip = str(service_cidrs(args.service_cidr)[0].network_address + 1)
 
-    tokens = load_or_create_tokens(data_dir)
-    pki = ensure_pki(data_dir, ips=[host, advertise, kubernetes_ip])
+    pki_dir: Path | None = args.pki_dir.resolve() if args.pki_dir else None
+    tokens = load_or_create_tokens(data_dir, pki_dir=pki_dir)
+    pki = ensure_pki(data_dir, ips=[host, advertise, kubernetes_ip], pki_dir=pki_dir)
     registry = await Registry.open(data_dir, service_cidr=args.service_cidr,
                                    node_port_range=args.node_port_range, storage=args.storage,
                                    etcd_prefix=args.etcd_prefix)
@@ -183,15 +226,17 @@ async def serve(args: argparse.Namespace) -> int:
         await site.start()
         bound_port = int(runner.addresses[0][1])
         state_of(app).server_address = f"{_url_host(advertise)}:{bound_port}"
+        registry.endpoint_lease_duration = args.endpoint_lease_duration
         await registry.bootstrap(advertise, bound_port)
         tune_gc_for_serving()
 
         server_host = advertise if _unspecified(host) else host
         server = f"https://{_url_host(server_host)}:{bound_port}"
         out: Path = (args.kubeconfig_out or data_dir / "admin.kubeconfig").resolve()
+        peers = peer_urls(args.apiserver_peers)
         write_private(readonly_path(out), kubeconfig(server, pki.ca_pem(), "svcnet-agent", tokens.readonly,
-                                                     "svcnet-readonly"))
-        write_private(out, kubeconfig(server, pki.ca_pem(), "svcnet-admin", tokens.admin, "svcnet"))
+                                                     "svcnet-readonly", peers))
+        write_private(out, kubeconfig(server, pki.ca_pem(), "svcnet-admin", tokens.admin, "svcnet", peers))
         log.info("serving url=%s kubeconfig=%s readonly-kubeconfig=%s data-dir=%s", server, out,
                  readonly_path(out), data_dir)
 
@@ -217,6 +262,10 @@ def main(args: argparse.Namespace) -> int:
         check_storage_flags(args.storage, args.etcd_prefix)
         parse_host_port(args.listen)
         service_cidrs(args.service_cidr)
+        peer_urls(args.apiserver_peers)
+        if args.endpoint_lease_duration < 1:
+            raise ValueError(f"invalid --endpoint-lease-duration {args.endpoint_lease_duration}: "
+                             "at least 1 second")
     except ValueError as exc:
         print(f"svcnet apiserver: {exc}", file=sys.stderr)
         return 2
