@@ -45,7 +45,9 @@ def test_agent_stop_proxy_restart_dns_restart(tmp_path: Path, lab_name: str) -> 
                       {ep["addresses"][0] for ep in lab.ready_endpoints("web")}, timeout=120)
             node = lab.json("get", "node", worker)
             assert next(c for c in node["status"]["conditions"] if c["type"] == "Ready")["status"] != "True"
-            assert connect(lab, client, "web", 80) == {by_node[cp]["metadata"]["name"]}
+            # the proxies follow the EndpointSlice within their sync period
+            lab.until("traffic to avoid the worker's pod",
+                      lambda: connect(lab, client, "web", 80, 12) == {by_node[cp]["metadata"]["name"]}, timeout=30)
         finally:
             os.kill(agent, signal.SIGCONT)
         lab.until("the worker back", lambda: len(lab.ready_endpoints("web")) == 2, timeout=90)
