@@ -51,18 +51,18 @@ def test_agent_stop_proxy_restart_dns_restart(tmp_path: Path, lab_name: str) -> 
         finally:
             os.kill(agent, signal.SIGCONT)
         lab.until("the worker back", lambda: len(lab.ready_endpoints("web")) == 2, timeout=90)
-        lab.until("traffic to both again", lambda: connect(lab, client, "web", 80, 12) == names)
+        lab.until("traffic to both again", lambda: connect(lab, client, "web", 80, 24) == names)
 
         # 2. the proxy on the client's node stops: its rules stay, traffic continues;
         # started again by hand with the command the lab used, it takes over.
         proxy = lab_process(lab, f"proxy-{cp}")
         cmd = logged_command(lab, f"proxy-{cp}")
         os.kill(proxy, signal.SIGTERM)
-        assert connect(lab, client, "web", 80, 12) == names
+        assert connect(lab, client, "web", 80, 24) == names
         log = open(lab.root / lab.name / "logs" / f"proxy-{cp}.log", "ab")
         restarted = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env=lab.env)
         try:
-            assert connect(lab, client, "web", 80, 12) == names
+            assert connect(lab, client, "web", 80, 24) == names
 
             # 3. the DNS pods are replaced: names keep resolving once the new pod is
             # ready (the restarted proxy follows the new endpoint)

@@ -66,10 +66,10 @@ def test_walkthrough(lab: Lab) -> None:
         ptr = lab.exec(client, "dig", "+short", "-x", cluster_ip)
         assert ptr == "web.default.svc.cluster.local."
         # TCP, UDP and SCTP by name reach every replica
-        tcp = lab.py(client, "import socket\nfor i in range(24):\n s=socket.create_connection(('web',80),timeout=3)"
+        tcp = lab.py(client, "import socket\nfor i in range(36):\n s=socket.create_connection(('web',80),timeout=3)"
                              "\n s.sendall(b'hostname\\n'); print(s.recv(200).decode().strip()); s.close()")
         assert set(tcp.split()) == names, f"TCP from {client} reached {Counter(tcp.split())}"
-        udp = lab.py(client, "import socket\nfor i in range(24):\n u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)"
+        udp = lab.py(client, "import socket\nfor i in range(36):\n u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)"
                              "\n u.settimeout(3); u.sendto(b'hostname',('web-udp',90)); print(u.recv(200).decode())")
         assert set(udp.split()) == names, f"UDP from {client} reached {Counter(udp.split())}"
         sctp = [lab.exec(client, PY, "-m", "svcnet.lab.apps.sctp", "probe", "web-sctp", "91", "--message", "hostname")
