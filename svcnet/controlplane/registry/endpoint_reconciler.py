@@ -136,13 +136,20 @@ class EndpointReconciler:
 
     async def run(self) -> None:
         """Reconcile until cancelled; every failure is logged and retried next round."""
+        failing = False
         while True:
             try:
                 delay = await self.reconcile()
+                if failing:
+                    log.info("endpoint reconcile recovered identity=%s", self.identity)
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # storage down, a conflict: the next round repairs
-                log.warning("endpoint reconcile failed identity=%s: %s", self.identity, err)
+                # one warning per outage, not one a second while etcd is away
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "endpoint reconcile failed identity=%s: %s", self.identity, err)
+                failing = True
                 delay = min(1.0, self.renew_interval)
             await asyncio.sleep(delay)
 
