@@ -144,3 +144,15 @@ async def _equal(value: Awaitable[T], want: T) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_stopped_apiserver_leaves_the_slice_before_it_exits(ha: HAControlPlane) -> None:
+    first, second = ha.servers
+    async with RestClient.from_kubeconfig(str(second.kubeconfig)) as client:
+        await eventually(lambda: _equal(slice_addresses(client), list(HOSTS)), "both apiservers in the slice",
+                         logs=ha.logs)
+        assert first.stop() == 0  # SIGTERM: it deletes its lease and rewrites the slice, then exits
+        # no waiting for a lease to expire: both are already true when the process is gone
+        assert await slice_addresses(client) == [HOSTS[1]]
+        with pytest.raises(errors.NotFound):
+            await client.get(LEASES, f"apiserver-{HOSTS[0]}-{ha.port}", "kube-system")
