@@ -66,6 +66,7 @@ USER_AGENT = f"svcnet/0.1 ({platform.system().lower()}/{platform.machine()})"
 # How long a watch may be silent beyond its timeoutSeconds before it counts as dead.
 WATCH_READ_GRACE = 30.0
 MAX_RETRY_AFTER = 30.0
+MULTI_SERVER_CONNECT_TIMEOUT = 10.0  # seconds; see RestClient.connect_timeout
 
 Selector = str | Mapping[str, str] | None
 Sleep = Callable[[float], Awaitable[None]]
@@ -121,6 +122,11 @@ class RestClient:
         self.config = config
         self.default_namespace = config.namespace if config else "default"
         self.timeout = timeout
+        # Reaching a server (TCP and TLS handshakes) is bounded apart from the whole
+        # exchange: with several servers, one that vanished without a reset (a host gone)
+        # costs this long, and counts as never sent, so even a write moves on.
+        self.connect_timeout = timeout if len(self.servers) < 2 or timeout is None else min(
+            timeout, MULTI_SERVER_CONNECT_TIMEOUT)
         self.max_retries = max_retries
         self._sleep = sleep
         self._user_agent = user_agent
@@ -307,7 +313,7 @@ class RestClient:
         # No overall deadline (the server ends the watch at timeoutSeconds), but bounded
         # connecting, and bounded silence so a vanished server is noticed.
         request = self._request("GET", resource.path(namespace), params, None, JSON, timeout=None,
-                                connect_timeout=self.timeout, read_timeout=read_timeout, stream=True)
+                                connect_timeout=self.connect_timeout, read_timeout=read_timeout, stream=True)
         return Watch(self.send, request, f"watch {resource.plural}")
 
     # -- plumbing --------------------------------------------------------------
@@ -379,7 +385,8 @@ class RestClient:
 
     async def _json(self, method: str, path: str, params: Mapping[str, str | None], *,
                     body: Any = None, content_type: str = JSON, what: str) -> Obj:
-        request = self._request(method, path, params, body, content_type, timeout=self.timeout)
+        request = self._request(method, path, params, body, content_type, timeout=self.timeout,
+                                connect_timeout=self.connect_timeout)
         resp = await self.send(request, what)
         try:
             data = await resp.read()

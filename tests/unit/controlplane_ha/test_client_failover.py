@@ -115,3 +115,10 @@ def test_kubeconfig_servers_extension_errors_name_the_field(tmp_path: Path) -> N
     with pytest.raises(KubeconfigError, match="expected a list of URLs"):
         load_kubeconfig(write(tmp_path, {"server": A, "extensions": [
             {"name": "svcnet.io/servers", "extension": {"servers": A}}]}))
+
+
+async def test_connecting_is_bounded_apart_when_there_are_other_servers() -> None:
+    t = transport(set())
+    await RestClient(A, servers=[A, B], transport=t).list(SERVICES, "default")
+    await RestClient(A, transport=t).list(SERVICES, "default")
+    assert [(r.timeout, r.connect_timeout) for r in t.requests] == [(30.0, 10.0), (30.0, 30.0)]
