@@ -34,7 +34,9 @@ Semantics follow the API conventions, not any one server:
   only the caller can tell whether to repeat it (the next request goes to the next
   server). HTTP errors never move the client: every server would answer the same.
   A Reflector whose watch broke thus resumes from its last resourceVersion on the next
-  server, which shares the store, so nothing is lost or delivered twice.
+  server, which shares the store, so nothing is lost or delivered twice. A server gone
+  without a reset is noticed too: connecting is bounded to 10 s, and a watch that
+  allows bookmarks and stays silent for 90 s counts as broken.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ USER_AGENT = f"svcnet/0.1 ({platform.system().lower()}/{platform.machine()})"
 WATCH_READ_GRACE = 30.0
 MAX_RETRY_AFTER = 30.0
 MULTI_SERVER_CONNECT_TIMEOUT = 10.0  # seconds; see RestClient.connect_timeout
+MULTI_SERVER_WATCH_SILENCE = 90.0  # seconds without a byte on a watch allowing bookmarks
 
 Selector = str | Mapping[str, str] | None
 Sleep = Callable[[float], Awaitable[None]]
@@ -310,6 +313,10 @@ class RestClient:
             params["sendInitialEvents"] = "true" if send_initial_events else "false"
             params["resourceVersionMatch"] = "NotOlderThan"
         read_timeout = timeout_seconds + WATCH_READ_GRACE if timeout_seconds else None
+        if len(self.servers) > 1 and allow_watch_bookmarks:
+            # With somewhere else to go, a server silent for longer than its bookmarks
+            # allow (svcnet: every 10 s, kube: about every minute) counts as gone.
+            read_timeout = min(read_timeout or MULTI_SERVER_WATCH_SILENCE, MULTI_SERVER_WATCH_SILENCE)
         # No overall deadline (the server ends the watch at timeoutSeconds), but bounded
         # connecting, and bounded silence so a vanished server is noticed.
         request = self._request("GET", resource.path(namespace), params, None, JSON, timeout=None,

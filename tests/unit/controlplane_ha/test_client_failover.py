@@ -122,3 +122,11 @@ async def test_connecting_is_bounded_apart_when_there_are_other_servers() -> Non
     await RestClient(A, servers=[A, B], transport=t).list(SERVICES, "default")
     await RestClient(A, transport=t).list(SERVICES, "default")
     assert [(r.timeout, r.connect_timeout) for r in t.requests] == [(30.0, 10.0), (30.0, 30.0)]
+
+
+async def test_a_silent_watch_counts_as_a_gone_server_only_with_somewhere_to_go() -> None:
+    t = transport(set())
+    for client in (RestClient(A, servers=[A, B], transport=t), RestClient(A, transport=t)):
+        async with client.watch(SERVICES, "default", timeout_seconds=600) as w:
+            assert [e async for e in w] == []
+    assert [r.read_timeout for r in t.requests] == [90.0, 630.0]
