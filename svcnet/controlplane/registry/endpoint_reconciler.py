@@ -12,7 +12,8 @@ resourceVersion precondition. So servers that agree on the leases agree on the s
 two servers on one etcd never rewrite each other's slice back and forth; a dead server
 drops out once its lease expires (rounds also wake at the next peer lease's expiry),
 and its expired Lease is deleted (precondition on its resourceVersion, so a late renewal
-wins). A server stopping cleanly deletes its own Lease and leaves the slice at once.
+wins). A server stopping cleanly deletes its own Lease and leaves the slice at once
+(the last one leaves it without endpoints, as kube's reconciler does).
 
 All servers of a cluster serve on one port, as kube-apiserver requires of
 `--secure-port`. Should they not, the slice (and the Service's targetPort) follows the
@@ -193,6 +194,15 @@ class EndpointReconciler:
                 if m is not None and m.name != self.identity and m.expires > now]
         if live:
             await self._write_slice(desired_slice(live)[0])
+        else:  # the last one out: no endpoints, rather than one pointing at a stopped server
+            try:
+                cur = await self.registry.get(k.ENDPOINT_SLICES, "default", "kubernetes")
+            except APIError as err:
+                if err.code != 404:
+                    raise
+            else:
+                await self._write_slice({"addressType": cur.get("addressType"), "endpoints": [],
+                                         "ports": cur.get("ports")})
         log.info("endpoint removed identity=%s remaining=%d", self.identity, len(live))
 
     # -- pieces ----------------------------------------------------------------------------

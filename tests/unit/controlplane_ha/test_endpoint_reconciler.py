@@ -111,3 +111,17 @@ def test_desired_slice_is_the_same_whoever_computes_it() -> None:
 def test_identity_and_foreign_leases() -> None:
     assert identity_for("fd00::1", 6443) == "apiserver-fd00--1-6443"
     assert member_of({"metadata": {"name": "x"}, "spec": {"renewTime": "2030-01-01T00:00:00Z"}}) is None
+
+
+async def test_the_last_server_out_leaves_no_endpoints(tmp_path: Path) -> None:
+    reg = await Registry.open(tmp_path / "data")
+    await reg.bootstrap("192.0.2.10", 6443)
+    await reg.close()  # a clean stop
+    reg = await Registry.open(tmp_path / "data")
+    try:
+        es = await kubernetes_slice(reg)
+        assert es["endpoints"] == [] and es["ports"][0]["port"] == 6443
+        await reg.bootstrap("192.0.2.10", 6443)  # back: the slice lists it again at once
+        assert addresses(await kubernetes_slice(reg)) == ["192.0.2.10"]
+    finally:
+        await reg.close()
