@@ -70,7 +70,6 @@ class KubeConfig:
     """Everything needed to reach and authenticate to one API server."""
 
     server: str
-    servers: tuple[str, ...] = ()  # every equivalent server, `server` first (svcnet.io/servers)
     context: str = ""
     cluster: str = ""
     user: str = ""
@@ -88,6 +87,7 @@ class KubeConfig:
     client_key_data: bytes | None = field(default=None, repr=False)  # PEM
     client_key_file: str | None = None
     origin: str = ""  # the file(s) this came from, for messages
+    servers: tuple[str, ...] = ()  # every equivalent server, `server` first (svcnet.io/servers)
 
     def __post_init__(self) -> None:
         if not self.servers or self.servers[0] != self.server:
