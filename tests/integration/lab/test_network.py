@@ -4,13 +4,15 @@ UDP and SCTP between pods on different nodes; then teardown leaves nothing."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from svcnet.lab.names import LabNames, pod_host_veth
-from svcnet.lab.netns import Netns, get_sysctl, list_netns, netns_exists
+from svcnet.lab.netns import Netns, get_sysctl, list_netns, netns_exists, netns_inode
 from svcnet.lab.plan import apply_plan, lab_network_plan, pod_sandbox_plan
 from svcnet.lab.state import Record
 from svcnet.lab.teardown import teardown
@@ -112,6 +114,11 @@ async def test_processes_left_in_a_lab_namespace_are_stopped(lab_name, lab_state
     await apply_plan(lab_network_plan(topo), lab_state, owner="lab")
     orphan = subprocess.Popen(["ip", "netns", "exec", topo.nodes[0].name, "sleep", "300"],
                               start_new_session=True)
+    ino = netns_inode(topo.nodes[0].name)
+    deadline = time.monotonic() + 10
+    while os.stat(f"/proc/{orphan.pid}/ns/net").st_ino != ino:  # until it has entered the namespace
+        assert time.monotonic() < deadline, "the orphan never entered the node's namespace"
+        time.sleep(0.02)
     try:
         report = await teardown(lab_state, grace=2.0)
         assert report.ok

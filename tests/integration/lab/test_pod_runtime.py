@@ -166,12 +166,18 @@ async def test_graceful_deletion_sigterm_then_sigkill_after_the_grace_period(nod
     n, ctx, reports, etc = node
     polite = PodWorker(pod("polite", containers=[{
         "name": "c", "image": "x", "command": ["sleep", "300"]}]), ctx)
+    trapped = Path(f"/tmp/svcnet-trapped-{os.getpid()}")
     stubborn = PodWorker(pod("stubborn", containers=[{
-        "name": "c", "image": "x", "command": ["sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"]}]), ctx)
+        "name": "c", "image": "x",
+        "command": ["sh", "-c", f"trap '' TERM; touch {trapped}; while :; do sleep 0.2; done"]}]), ctx)
     for w in (polite, stubborn):
         w.start()
-    await until(lambda: "c" in polite.processes and "c" in stubborn.processes
-                and polite.processes["c"].running() and stubborn.processes["c"].running(), what="both running")
+    try:
+        # running, and the trap installed (a SIGTERM before that would simply end it)
+        await until(lambda: "c" in polite.processes and polite.processes["c"].running() and trapped.exists(),
+                    what="both running")
+    finally:
+        trapped.unlink(missing_ok=True)
     await asyncio.gather(polite.terminate(grace=5), stubborn.terminate(grace=1))
     assert polite.processes["c"].proc.returncode == -signal.SIGTERM  # stopped by SIGTERM within the grace
     assert stubborn.processes["c"].proc.returncode == -signal.SIGKILL  # ignored SIGTERM: killed after it
