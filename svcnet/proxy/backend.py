@@ -12,7 +12,11 @@ cleanup, health and metrics. A backend owns exactly three things:
   write may send only the difference against the last good ruleset. On failure it
   raises `BackendError`, keeps the last good rules, and the engine forces the next
   sync to be full.
-* `cleanup()`: remove everything this backend ever programmed, and nothing else.
+* `cleanup()`: remove everything this backend ever programmed, and nothing else;
+  returns a description of what it removed (empty: nothing was there). The command
+  calls it for both modes on `--cleanup`, and for the other mode at startup, so
+  switching `--proxy-mode` leaves no rules of the old mode behind (kube-proxy does
+  the same).
 
 `render(ruleset)` returns the text `--dry-run` prints (the backend's own load
 format: an `nft -f` script or an `iptables-restore` payload).
@@ -65,7 +69,7 @@ class Backend(Protocol):
 
     def write(self, ruleset: Any, full: bool) -> WriteStats: ...
 
-    def cleanup(self) -> None: ...
+    def cleanup(self) -> list[str]: ...
 
 
 def load_backend(mode: str, options: BackendOptions) -> Backend:

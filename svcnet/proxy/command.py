@@ -5,7 +5,8 @@
 
 `--once` syncs fully one time and exits 0, or 1 with the error; `--dry-run` prints
 the ruleset it would load and touches nothing; `--cleanup` removes every table or
-chain svcnet programmed (both modes) and exits.
+chain svcnet programmed (both modes) and exits. Otherwise, before its first sync, the
+proxy removes the rules of the other mode (`remove_other_mode`), as kube-proxy does.
 """
 
 from __future__ import annotations
@@ -152,14 +153,40 @@ def _cleanup(args: argparse.Namespace) -> int:
     status = 0
     for mode in ("nftables", "iptables"):
         try:
-            load_backend(mode, BackendOptions()).cleanup()
-            log.info("removed %s rules", mode)
+            removed = load_backend(mode, BackendOptions()).cleanup()
+            log.info("removed %s rules: %s", mode, "; ".join(removed) or "none were present")
         except BackendError as e:
             if "has no" in str(e):
                 continue  # a backend this build does not have programmed nothing
             print(f"svcnet proxy: cleanup ({mode}): {e}", file=sys.stderr)
             status = 1
     return status
+
+
+def remove_other_mode(mode: str, families: tuple[int, ...]) -> list[str]:
+    """Remove what the other `--proxy-mode` programmed, through that backend's own
+    cleanup() (only `svcnet` nft tables, only SVCNET- iptables chains and the jumps
+    into them), as kube-proxy does at startup: after a mode switch the old mode's rules
+    would otherwise keep DNATting in front of (iptables nat runs at the same hooks) or
+    after the new ones. A failure is logged, never fatal: the new mode works anyway."""
+    from svcnet.proxy.backend import MODES, BackendError, BackendOptions, load_backend
+
+    removed: list[str] = []
+    for other in (m for m in MODES if m != mode):
+        try:
+            gone = load_backend(other, BackendOptions(families=families)).cleanup()
+        except (BackendError, OSError) as e:
+            if "has no" in str(e):
+                continue
+            log.warning("could not remove %s rules left by an earlier run: %s", other, e)
+            continue
+        if gone:
+            log.info("switched to %s mode: removed the %s rules of an earlier run: %s",
+                     mode, other, "; ".join(gone))
+        else:
+            log.debug("no %s rules to remove", other)
+        removed += gone
+    return removed
 
 
 async def _run(args: argparse.Namespace, opts) -> int:  # type: ignore[no-untyped-def]
@@ -171,6 +198,8 @@ async def _run(args: argparse.Namespace, opts) -> int:  # type: ignore[no-untype
 
     backend = load_backend(args.proxy_mode, BackendOptions(
         families=opts.families, localhost_nodeports=args.iptables_localhost_nodeports == "true"))
+    if not args.dry_run:
+        await asyncio.to_thread(remove_other_mode, args.proxy_mode, opts.families)
     source = open_source(args.kubeconfig, args.objects)
     metrics = ProxyMetrics(args.proxy_mode)
     health = ProxyHealth(2 * opts.sync_period, metrics)

@@ -287,12 +287,14 @@ class RestoreWriter:
             ops += n
         return WriteStats(full=was_full, ops=ops, seconds=time.monotonic() - start)
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> list[str]:
         """Remove every SVCNET- chain and the jumps into them, in each backend that has
-        tables here, and nothing else."""
+        tables here, and nothing else. Returns what was removed, one entry per table
+        (`iptables-nft IPv4 nat: 12 SVCNET- chains, 3 jumps`)."""
+        removed: list[str] = []
         if not shutil.which("iptables") and self._tools is None:
             log.info("no iptables installed: no iptables rules to remove")
-            return
+            return removed
         variants = [self.tools]
         other = Tools("legacy" if self.tools.variant == "nf_tables" else "nf_tables")
         if other.variant == "nf_tables" or _legacy_tables_exist():
@@ -306,6 +308,11 @@ class RestoreWriter:
                     if payload:
                         self._run_restore(tools, family, payload)
                         log.info("removed iptables rules variant=%s family=IPv%d", tools.variant, family)
+                        tool = ("iptables" if family == 4 else "ip6tables") + \
+                            ("-nft" if tools.variant == "nf_tables" else "-legacy")
+                        removed.extend(
+                            f"{tool} {name}: {len(kt.chains)} SVCNET- chains, {len(kt.jumps)} jumps"
+                            for name, kt in kernel.items() if kt.chains or kt.jumps)
                 except IptablesError as e:
                     if tools is self.tools:
                         errors.append(str(e))
@@ -314,6 +321,7 @@ class RestoreWriter:
         self.applied.clear()
         if errors:
             raise IptablesError("cleanup failed: " + "; ".join(errors))
+        return removed
 
     # -- reading the kernel ------------------------------------------------------------------
 

@@ -210,8 +210,13 @@ class NftWriter:
                 found[family] = kt
         return found
 
-    def cleanup(self) -> None:
-        """Delete both svcnet tables (and nothing else); missing tables are fine."""
+    def cleanup(self) -> list[str]:
+        """Delete both svcnet tables (and nothing else); missing tables are fine.
+
+        Returns what was removed (`table ip svcnet`, ...) when the tables could be
+        listed first; the delete itself does not depend on that listing (`add` then
+        `delete` in one transaction removes a table whether or not it existed)."""
+        present = self._existing_tables()
         tx = Transaction()
         for family in self.families:
             fam = FAMILY_NAMES[family]
@@ -220,6 +225,20 @@ class NftWriter:
         self.execute(tx.text())
         self.applied = None
         self._stale.clear()
+        return [f"table {FAMILY_NAMES[f]} {TABLE}" for f in self.families if f in present]
+
+    def _existing_tables(self) -> set[int]:
+        if self.reader is None:
+            return set()
+        try:
+            out = self.reader("list tables")
+            items = (json.loads(out) if out.strip() else {}).get("nftables", [])
+        except (NftError, OSError, ValueError) as e:
+            log.debug("could not list nftables tables before cleanup: %s", e)
+            return set()
+        names = {FAMILY_NAMES[f]: f for f in self.families}
+        return {names[t["family"]] for t in (i.get("table") for i in items)
+                if t and t.get("name") == TABLE and t.get("family") in names}
 
     # -- building transactions ---------------------------------------------------------
 

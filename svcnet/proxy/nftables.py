@@ -419,8 +419,8 @@ class NftablesBackend:
     def write(self, ruleset: Any, full: bool) -> WriteStats:
         return self.writer.write(ruleset, full)
 
-    def cleanup(self) -> None:
-        self.writer.cleanup()
+    def cleanup(self) -> list[str]:
+        return self.writer.cleanup()
 
 
 def create_backend(options: BackendOptions) -> NftablesBackend:
