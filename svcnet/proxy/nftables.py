@@ -4,9 +4,12 @@ The layout follows kube-proxy's nftables mode (see README.md in this folder for 
 hooks and priorities), with measured differences in rule shape. A service chain
 picks and translates its endpoint inline, with *chained* `numgen` draws:
 
-    meta l4proto tcp numgen random mod 3 0 dnat to A      # 1/3
-    meta l4proto tcp numgen random mod 2 0 dnat to B      # 1/2 of the remaining 2/3
-    meta l4proto tcp dnat to C comment "ns/svc:port"      # the rest
+    meta l4proto tcp numgen random mod 3 0 dnat to A comment "ns/svc:port"  # 1/3
+    meta l4proto tcp numgen random mod 2 0 dnat to B comment "ns/svc:port"  # 1/2 of the other 2/3
+    meta l4proto tcp dnat to C comment "ns/svc:port"                        # the rest
+
+(every rule of a service port's chains carries its `ns/name:port`, as kube-proxy's
+iptables rules do, so `nft list ruleset` reads service by service)
 
 * not kube-proxy's one anonymous `numgen random mod N vmap { … }` per service: each
   anonymous vmap is a kernel set, and on this kernel allocating and looking up
@@ -289,7 +292,13 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
     """Chains, affinity sets and map elements of one service port."""
     cfg = state.config
     spn = sp.name
+    # Every rule of a service port's chains names it (kube-proxy's iptables comments:
+    # "ns/name:port", plus what the rule is for where that is not obvious), so
+    # `nft list ruleset` can be read service by service.
     comment = f'comment "{spn}"'
+
+    def why(what: str) -> str:
+        return f'comment "{spn} {what}"'
     proto = sp.protocol.lower()
     cat = categorize(sp, endpoints, cfg.node_name, cfg.node_zone)
     chains: list[Chain] = []
@@ -316,10 +325,11 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
     def dispatch(name: str, eps: tuple[Endpoint, ...]) -> None:
         rules: list[str] = []
         if sp.affinity_timeout is not None:  # a client seen recently keeps its endpoint
-            rules.extend(f"{l4} {f.ip} saddr @{affinity_set(spn, e)} {translate(e)}" for e in eps)
+            rules.extend(f"{l4} {f.ip} saddr @{affinity_set(spn, e)} {translate(e)} {why('affinity')}"
+                         for e in eps)
         n = len(eps)
         for i, e in enumerate(eps[:-1]):
-            rules.append(f"{l4} numgen random mod {n - i} 0 {translate(e)}")
+            rules.append(f"{l4} numgen random mod {n - i} 0 {translate(e)} {comment}")
         rules.append(f"{l4} {translate(eps[-1])} {comment}")
         chains.append(Chain(name, tuple(rules)))
 
@@ -344,16 +354,17 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
         rules: list[str] = []
         if not sp.external_policy_local:
             if cat.cluster:
-                rules += [f"jump {MARK_CHAIN} {comment}", f"goto {svc_chain}"]
+                rules += [f"jump {MARK_CHAIN} {why('masquerade traffic from outside the cluster')}",
+                          f"goto {svc_chain} {comment}"]
         else:
             if cat.cluster and cfg.local_cidrs:
                 rules.append(f"{_saddr_match(f, cfg.local_cidrs, False)} goto {svc_chain} "
-                             f'comment "short-circuit pod traffic"')
+                             f"{why('short-circuit pod traffic')}")
             if cat.cluster:
-                rules.append(f'fib saddr type local jump {MARK_CHAIN} comment "masquerade local traffic"')
-                rules.append(f'fib saddr type local goto {svc_chain} comment "short-circuit local traffic"')
+                rules.append(f"fib saddr type local jump {MARK_CHAIN} {why('masquerade local traffic')}")
+                rules.append(f"fib saddr type local goto {svc_chain} {why('short-circuit local traffic')}")
             if cat.local:
-                rules.append(f"goto {loc_chain}")
+                rules.append(f"goto {loc_chain} {comment}")
         if rules:
             chains.append(Chain(ext, tuple(rules)))
         dests = [f"{ip} . {proto} . {sp.port}" for ip in (*sp.external_ips, *sp.load_balancer_ips)]

@@ -48,3 +48,17 @@ def test_ruleset_matches_golden_text() -> None:
     want, got = normalise(GOLDEN.read_text()), normalise(text)
     diff = "\n".join(difflib.unified_diff(want, got, "golden", "computed", lineterm=""))
     assert want == got, f"ruleset differs from {GOLDEN.name}:\n{diff}"
+
+
+def test_every_rule_of_a_service_chain_names_its_service_port() -> None:
+    """kube-proxy-style comments: `nft list ruleset` reads service by service, so every
+    rule of a service port's chains (service-, local-, external-, firewall-) starts its
+    comment with `ns/name:port`, endpoint draws and affinity lookups included."""
+    table = ruleset(OBJECTS)
+    seen = 0
+    for name, rules in table.services.items():
+        for chain in rules.chains:
+            for rule in chain.rules:
+                assert f'comment "{name}' in rule, f"{chain.name}: {rule}"
+                seen += 1
+    assert seen >= 12  # svc1's two draws, svc2's four chains, svc4's affinity rules
