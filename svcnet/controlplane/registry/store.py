@@ -50,7 +50,9 @@ from svcnet.controlplane.registry import lifecycle, scale, subresources
 from svcnet.controlplane.registry.allocators import AllocationPlan, ServiceAllocator
 from svcnet.controlplane.registry.endpoint_reconciler import EndpointReconciler
 from svcnet.controlplane.registry.gc import OwnerIndex
-from svcnet.controlplane.registry.watch import not_newer_than_store, watch_objects
+from svcnet.controlplane.registry.watch import (
+    FRESHNESS_TIMEOUT, not_newer_than_store, too_large_resource_version, watch_objects,
+)
 from svcnet.controlplane.registry.kinds import KindInfo
 from svcnet.controlplane.registry.selectors import (
     FieldSelector, LabelSelector, parse_field_selector, parse_label_selector,
@@ -113,6 +115,9 @@ class Registry:
     event_ttl: float = 3600.0
     #: seconds between re-assertions of the bootstrap objects
     bootstrap_interval: float = 10.0
+    #: seconds a list or streaming watch at a resourceVersion this store has not reached
+    #: waits for it before the 504 ResourceVersionTooLarge (kube's watch cache: 3 s)
+    freshness_timeout: float = FRESHNESS_TIMEOUT
     #: leaseDurationSeconds of this server's endpoint Lease (see endpoint_reconciler.py)
     endpoint_lease_duration: int = 15
 
@@ -276,7 +281,7 @@ class Registry:
                 raise gone("The provided continue parameter is too old to display a consistent "
                            "list result. You can start a new list without the continue parameter.")
         elif resource_version not in ("", "0"):
-            wanted = not_newer_than_store(resource_version, self.storage)
+            wanted = await not_newer_than_store(resource_version, self.storage, self.freshness_timeout)
             if limit:
                 revision = wanted  # legacy "Exact" semantics of RV + limit
         items: builtins.list[Obj] = []
@@ -288,8 +293,7 @@ class Registry:
             except CompactedError:
                 raise gone("The resourceVersion for the provided list is too old.") from None
             except FutureRevisionError as err:
-                raise APIError(504, "Timeout", f"Too large resource version: {err.requested}, "
-                               f"current: {err.current}") from None
+                raise too_large_resource_version(err.requested, err.current) from None
             revision = page.revision
             with codec.gc_paused():  # see gc_paused: decoding 10k objects, no cycles
                 for i, kv in enumerate(page.kvs):
@@ -895,7 +899,8 @@ class Registry:
                              lambda: self._selectors(kind, label_selector, field_selector),
                              resource_version=resource_version,
                              bookmark_interval=self.bookmark_interval if allow_bookmarks else None,
-                             send_initial_events=send_initial_events)
+                             send_initial_events=send_initial_events,
+                             freshness_timeout=self.freshness_timeout)
 
     # -- maintenance ---------------------------------------------------------------------
 

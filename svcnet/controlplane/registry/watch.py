@@ -17,7 +17,9 @@
   true sends ADDED for the current state (at least as new as the resourceVersion asked
   for, so never 410) and then a BOOKMARK annotated `k8s.io/initial-events-end: "true"`
   at the revision of that state; false starts after the resourceVersion asked for, or
-  at the current revision when none was, without synthetic events.
+  at the current revision when none was, without synthetic events. A resourceVersion
+  newer than the store waits up to 3 s for the store to reach it (another API server,
+  or etcd ahead of this one's watch cache) before the 504 `ResourceVersionTooLarge`.
 
 The stream ends (without error) when the store closes or the watcher falls too far
 behind; the client re-watches from the last resourceVersion it saw.
@@ -25,7 +27,9 @@ behind; the client re-watches from the last resourceVersion it saw.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -33,6 +37,8 @@ from svcnet.controlplane.errors import APIError, bad_request, gone
 from svcnet.controlplane.registry import codec
 from svcnet.controlplane.registry.kinds import KindInfo
 from svcnet.controlplane.storage.interface import CompactedError, Storage, StorageError, WatchClosed
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
@@ -50,18 +56,52 @@ def parse_resource_version(value: str) -> int:
     return rv
 
 
-def not_newer_than_store(value: str, storage: Storage) -> int:
-    """The resourceVersion a list or watch asks for, refused with kube's 504
-    `ResourceVersionTooLarge` (client-go retries it) when the store has not reached it:
-    a client that saw a newer revision on another API server asks this one too early."""
+#: seconds a request for a resourceVersion the store has not reached yet waits for it
+#: before the 504 (kube's watch cache: `blockTimeout` of `waitUntilFreshAndBlock`)
+FRESHNESS_TIMEOUT = 3.0
+
+# Polling steps while waiting: the first ones short, since the usual lag is a few ms (an
+# event on its way from etcd to the watch cache, or from another API server's write).
+_FIRST_POLL, _MAX_POLL = 0.001, 0.025
+
+
+def too_large_resource_version(wanted: int, current: int) -> APIError:
+    """kube's `NewTooLargeResourceVersionError`: 504 with the cause client-go's reflector
+    recognises (it relists after `retryAfterSeconds`)."""
+    return APIError(504, "Timeout", f"Too large resource version: {wanted}, current: {current}",
+                    {"causes": [{"reason": "ResourceVersionTooLarge",
+                                 "message": "Too large resource version"}],
+                     "retryAfterSeconds": 1})
+
+
+async def not_newer_than_store(value: str, storage: Storage,
+                               timeout: float = FRESHNESS_TIMEOUT) -> int:
+    """The resourceVersion a list or watch asks for, once the store has reached it.
+
+    A client that saw a newer revision on another API server (or a write whose event
+    is still on its way to this server's watch cache) asks this one a little early.
+    As kube's `waitUntilFreshAndBlock`, wait up to `timeout` seconds for the store to
+    catch up; only then refuse with the 504 `ResourceVersionTooLarge`. The storage
+    contract has no "revision advanced" signal, so this polls `storage.revision`: an
+    in-memory counter on both backends (SQLite's delivered revision, etcd's watch
+    cache), no I/O per poll."""
     wanted = parse_resource_version(value)
-    if wanted > storage.revision:
-        raise APIError(504, "Timeout", f"Too large resource version: {wanted}, current: "
-                       f"{storage.revision}",
-                       {"causes": [{"reason": "ResourceVersionTooLarge",
-                                    "message": "Too large resource version"}],
-                        "retryAfterSeconds": 1})
-    return wanted
+    if wanted <= storage.revision:
+        return wanted
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    step = _FIRST_POLL
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        await asyncio.sleep(min(step, left))
+        if wanted <= storage.revision:
+            log.debug("resourceVersion %d reached after waiting %.3fs", wanted,
+                      timeout - (deadline - loop.time()))
+            return wanted
+        step = min(step * 2, _MAX_POLL)
+    raise too_large_resource_version(wanted, storage.revision)
 
 
 def _typed(kind: KindInfo, obj: Obj) -> Obj:
@@ -73,16 +113,18 @@ def _typed(kind: KindInfo, obj: Obj) -> Obj:
 async def watch_objects(storage: Storage, kind: KindInfo, prefix: str,
                         matcher: Callable[[], Callable[[Obj], bool] | None], *,
                         resource_version: str, bookmark_interval: float | None,
-                        send_initial_events: bool | None = None) -> AsyncIterator[tuple[str, Obj]]:
+                        send_initial_events: bool | None = None,
+                        freshness_timeout: float = FRESHNESS_TIMEOUT) -> AsyncIterator[tuple[str, Obj]]:
     """See the module docstring. `matcher()` builds the selector predicate (None: no
-    selector; raises 400 for a bad selector) when the stream starts."""
+    selector; raises 400 for a bad selector) when the stream starts; a streaming list
+    waits up to `freshness_timeout` for a resourceVersion the store has not reached."""
     predicate = matcher()
     everything = predicate is None
     match: Callable[[Obj], bool] = predicate if predicate is not None else (lambda obj: True)
     end_bookmark = False
     if send_initial_events is not None:
         if resource_version:
-            not_newer_than_store(resource_version, storage)
+            await not_newer_than_store(resource_version, storage, freshness_timeout)
     if send_initial_events:
         page = await storage.range(prefix)
         initial = codec.decode_all(page.kvs)

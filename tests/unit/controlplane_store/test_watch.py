@@ -182,6 +182,7 @@ async def test_streaming_list_without_initial_events_and_too_new(registry: Regis
     typ, obj = await asyncio.wait_for(first, 2)
     assert (typ, obj["metadata"]["name"]) == ("ADDED", "web")
     await stream.aclose()
+    registry.freshness_timeout = 0.1  # it never gets there: no need to wait kube's 3 s
     stream = registry.watch(k.SERVICES, "default", send_initial_events=True, allow_bookmarks=True,
                             resource_version=str(registry.current_revision + 100))
     with pytest.raises(APIError) as info:
