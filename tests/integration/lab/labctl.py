@@ -107,3 +107,15 @@ def logged_command(lab: Lab, component: str) -> list[str]:
     first = (lab.root / lab.name / "logs" / f"{component}.log").read_text().splitlines()[0]
     assert first.startswith("# ")
     return shlex.split(first[2:])
+
+
+def pod_pids(lab: Lab, pod: str, namespace: str = "default") -> list[int]:
+    """The processes of one pod: those living in its network namespace (found by the
+    namespace's identity, never by a name pattern that could match another lab's)."""
+    from svcnet.lab.names import pod_netns_name
+    from svcnet.lab.netns import netns_inode
+
+    node = lab.json("get", "pod", pod, "-n", namespace)["spec"]["nodeName"]
+    ino = netns_inode(pod_netns_name(node, namespace, pod))
+    assert ino is not None, f"pod {pod} has no namespace"
+    return [pid for pid, _ in processes_in_netns({ino})]

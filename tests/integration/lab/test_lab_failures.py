@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .labctl import PY, Lab, lab_process, logged_command, running_lab
+from .labctl import PY, Lab, lab_process, logged_command, pod_pids, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl]
 
@@ -111,8 +111,7 @@ def test_agent_restart_adopts_running_pods(tmp_path: Path, lab_name: str) -> Non
         ip = pod["status"]["podIP"]
 
         def echo_pid() -> int:
-            out = subprocess.run(["pgrep", "-f", "svcnet.lab.apps.echo --name keep"], capture_output=True, text=True)
-            pids = [int(p) for p in out.stdout.split()]
+            pids = pod_pids(lab, "keep")
             assert len(pids) == 1, pids
             return pids[0]
 

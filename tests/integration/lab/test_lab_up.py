@@ -7,6 +7,8 @@ leaves no namespace, process, /etc/netns entry or file behind."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from svcnet.lab.netns import list_netns
 
-from .labctl import PY, Lab, running_lab
+from .labctl import PY, Lab, pod_pids, running_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl]
 
@@ -118,7 +120,8 @@ def test_walkthrough(lab: Lab) -> None:
     # a crashed container restarts and its endpoint comes back
     victim = pods[0]["metadata"]["name"]
     victim_ip = pods[0]["status"]["podIP"]
-    lab.exec(victim, "sh", "-c", "kill -9 $(pgrep -f svcnet.lab.apps.echo)", check=False)
+    for pid in pod_pids(lab, victim):
+        os.kill(pid, signal.SIGKILL)
     lab.until("the restart", lambda: lab.json("get", "pod", victim)["status"]["containerStatuses"][0]
               ["restartCount"] >= 1)
     lab.until("the endpoint back", lambda: victim_ip in {ep["addresses"][0] for ep in lab.ready_endpoints("web")})
