@@ -50,7 +50,7 @@ lint: bootstrap
 	$(PY) -m mypy svcnet
 
 demo: bootstrap
-	$(PY) -m svcnet.demo
+	$(PY) -m svcnet.lab.walkthrough $(TOPOLOGY)
 
 bench: bootstrap
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
