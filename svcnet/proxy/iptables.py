@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 from svcnet.proxy.backend import BackendOptions, WriteStats
 from svcnet.proxy.model import Endpoint, ProxyConfig, ProxyState, ServicePort, ServicePortName
-from svcnet.proxy.topology import categorize
+from svcnet.proxy.topology import Categorized, categorize
 
 NAT, FILTER = "nat", "filter"
 TABLES = (FILTER, NAT)  # payload order; the two tables never reference each other
@@ -347,7 +347,7 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyCo
 
     sep_comment = "" if large else f"-m comment --comment {name} "
     # Endpoint chains, shared by the cluster and local chains.
-    for ep in {e.address: e for e in (*cat.cluster, *cat.local)}.values():
+    for ep in cat.distinct:
         sep = endpoint_chain(spn, ep.address)
         recent = f"-m recent --name {sep} --set " if sp.affinity_timeout is not None else ""
         chains.append(Chain(sep, (
@@ -389,24 +389,28 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], cfg: ProxyCo
         dispatch(svl, cat.local, sp.internal_policy_local)
 
     # Internal traffic: the ClusterIP.
-    internal_eps = cat.local if sp.internal_policy_local else cat.cluster
-    if internal_eps:
+    if cat.internal(sp):
         top.append((NAT, SERVICES, f"{cluster_ip_match} -j {svl if sp.internal_policy_local else svc}"))
-    elif cat.has_any:
-        top.append((FILTER, SERVICES, f'-m comment --comment "{name} has no local endpoints" {mproto} '
-                                      f"-d {sp.cluster_ip} --dport {sp.port} -j DROP"))
     else:
-        top.append((FILTER, SERVICES, f'-m comment --comment "{name} has no endpoints" {mproto} '
-                                      f"-d {sp.cluster_ip} --dport {sp.port} -j REJECT"))
+        top.append((FILTER, SERVICES, _no_endpoints(name, cat.when_none_usable).format(
+            f"{mproto} -d {sp.cluster_ip} --dport {sp.port}")))
 
     if sp.externally_accessible:
-        _external(sp, cat.cluster, cat.local, cat.has_any, cfg, chains, top)
+        _external(sp, cat, cfg, chains, top)
     return ServiceRules(tuple(chains), tuple(top))
 
 
-def _external(sp: ServicePort, cluster: tuple[Endpoint, ...], local: tuple[Endpoint, ...], has_any: bool,
-              cfg: ProxyConfig, chains: list[Chain], top: list[tuple[str, str, str]]) -> None:
+def _no_endpoints(name: str, action: str) -> str:
+    """The filter rule (a template for its match) for traffic that finds no endpoint."""
+    if action == "drop":
+        return f'-m comment --comment "{name} has no local endpoints" ' + "{} -j DROP"
+    return f'-m comment --comment "{name} has no endpoints" ' + "{} -j REJECT"
+
+
+def _external(sp: ServicePort, cat: Categorized, cfg: ProxyConfig, chains: list[Chain],
+              top: list[tuple[str, str, str]]) -> None:
     """NodePort, externalIPs and LoadBalancer IPs: the EXT and FW chains and their entries."""
+    cluster, local = cat.cluster, cat.local
     spn = sp.name
     name = str(spn)
     proto = sp.protocol.lower()
@@ -431,13 +435,7 @@ def _external(sp: ServicePort, cluster: tuple[Endpoint, ...], local: tuple[Endpo
             rules.append(f"-j {svl}")
     if rules:
         chains.append(Chain(ext, tuple(rules)))
-    external_eps = local if sp.external_policy_local else cluster
-    if external_eps:
-        no_ep = ""
-    elif has_any:
-        no_ep = f'-m comment --comment "{name} has no local endpoints" ' + "{} -j DROP"
-    else:
-        no_ep = f'-m comment --comment "{name} has no endpoints" ' + "{} -j REJECT"
+    no_ep = "" if cat.external(sp) else _no_endpoints(name, cat.when_none_usable)
 
     for ip in sp.external_ips:
         if rules:
@@ -461,8 +459,7 @@ def _external(sp: ServicePort, cluster: tuple[Endpoint, ...], local: tuple[Endpo
     if use_fw:
         head = f'-m comment --comment "{name} loadbalancer IP"'
         fw_rules = [f"{head} -s {r} -j {ext}" for r in sp.load_balancer_source_ranges]
-        nets = [ipaddress.ip_network(r) for r in sp.load_balancer_source_ranges]
-        if any(ipaddress.ip_address(ip) in n for ip in cfg.node_ips for n in nets if n.version == cfg.family):
+        if cfg.node_ip_in(sp.load_balancer_source_ranges):
             # A VIP bound on the node loops node traffic back with the VIP as source.
             fw_rules += [f"{head} -s {ip} -j {ext}" for ip in sp.load_balancer_ips]
         fw_rules.append(f'-m comment --comment "other traffic to {name} will be dropped by {PROXY_FIREWALL}"')

@@ -143,6 +143,14 @@ class ProxyConfig:
             return self.node_pod_cidrs
         return ()
 
+    def node_ip_in(self, cidrs: Iterable[str]) -> bool:
+        """Whether one of this family's node addresses lies in `cidrs`. For
+        loadBalancerSourceRanges: when it does, the LB IPs are allowed as sources too,
+        because a VIP bound on the node loops node traffic back with the VIP as source
+        (kube-proxy's rule in both of its modes)."""
+        nets = [n for n in map(ipaddress.ip_network, cidrs) if n.version == self.family]
+        return any(ipaddress.ip_address(ip) in n for ip in self.node_ips for n in nets)
+
     def nodeport_ips(self) -> tuple[str, ...] | None:
         """Node addresses that accept NodePorts; None means every local address."""
         if not self.nodeport_addresses or self.nodeport_addresses == ("primary",):

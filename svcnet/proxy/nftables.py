@@ -78,6 +78,7 @@ DSTNAT, SRCNAT, FILTER = -100, 100, 0
 PRE_DNAT_FILTER = DSTNAT - 10  # source ranges are checked before DNAT rewrites daddr
 
 GOTO_REJECT = f"goto {REJECT_CHAIN}"
+NO_ENDPOINT_VERDICTS = {"drop": "drop", "reject": GOTO_REJECT}  # topology.Categorized.when_none_usable
 
 
 # -- names -------------------------------------------------------------------------
@@ -309,7 +310,7 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
     # one rule per endpoint, no per-endpoint chains. Hairpin traffic (a pod DNATed
     # back to itself) is marked in postrouting through @hairpin, one element per
     # endpoint IP. See the module docstring for why (load time, partial syncs).
-    for ep in {e.address: e for e in (*cat.cluster, *cat.local)}.values():
+    for ep in cat.distinct:
         elements.append((HAIRPIN, f"{ep.ip} . {ep.ip}", ""))
         if sp.affinity_timeout is not None:
             sets.append(NftSet(affinity_set(spn, ep), f.addr, flags=("dynamic", "timeout"),
@@ -340,17 +341,17 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
         dispatch(loc_chain, cat.local)
 
     # Internal traffic: the ClusterIP.
-    internal_eps = cat.local if sp.internal_policy_local else cat.cluster
     key = f"{sp.cluster_ip} . {proto} . {sp.port}"
-    if internal_eps:
+    no_ep_verdict = NO_ENDPOINT_VERDICTS[cat.when_none_usable]
+    if cat.internal(sp):
         elements.append((SERVICE_IPS, key, f"goto {loc_chain if sp.internal_policy_local else svc_chain}"))
     else:
-        elements.append((NO_ENDPOINT_SERVICES, key, "drop" if cat.has_any else GOTO_REJECT))
+        elements.append((NO_ENDPOINT_SERVICES, key, no_ep_verdict))
 
     # External traffic: NodePort, externalIPs, LoadBalancer IPs.
     if sp.externally_accessible:
         ext = external_chain(spn)
-        external_eps = cat.local if sp.external_policy_local else cat.cluster
+        external_eps = cat.external(sp)
         rules: list[str] = []
         if not sp.external_policy_local:
             if cat.cluster:
@@ -368,7 +369,6 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
         if rules:
             chains.append(Chain(ext, tuple(rules)))
         dests = [f"{ip} . {proto} . {sp.port}" for ip in (*sp.external_ips, *sp.load_balancer_ips)]
-        no_ep_verdict = "drop" if cat.has_any else GOTO_REJECT
         for d in dests:
             if rules:
                 elements.append((SERVICE_IPS, d, f"goto {ext}"))
@@ -382,9 +382,7 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
                 elements.append((NO_ENDPOINT_NODEPORTS, np_key, no_ep_verdict))
         if sp.load_balancer_source_ranges and sp.load_balancer_ips:
             allowed = list(sp.load_balancer_source_ranges)
-            node_nets = [ipaddress.ip_network(c) for c in sp.load_balancer_source_ranges]
-            if any(ipaddress.ip_address(ip) in n for ip in cfg.node_ips for n in node_nets
-                   if n.version == cfg.family):
+            if cfg.node_ip_in(sp.load_balancer_source_ranges):
                 allowed += list(sp.load_balancer_ips)  # node traffic that loops back via the VIP
             match = allowed[0] if len(allowed) == 1 else "{ " + ", ".join(allowed) + " }"
             fw = firewall_chain(spn)

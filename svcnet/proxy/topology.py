@@ -26,6 +26,30 @@ class Categorized:
     all_reachable: tuple[Endpoint, ...]  # union: what conntrack cleanup treats as serving
     has_any: bool  # some endpoint could serve (the service is not "without endpoints")
 
+    # The per-service-port decisions both backends take from these sets (they
+    # differ only in how they write the answer down):
+
+    def internal(self, sp: ServicePort) -> tuple[Endpoint, ...]:
+        """Endpoints for ClusterIP traffic (internalTrafficPolicy)."""
+        return self.local if sp.internal_policy_local else self.cluster
+
+    def external(self, sp: ServicePort) -> tuple[Endpoint, ...]:
+        """Endpoints for NodePort, externalIP and LoadBalancer traffic (externalTrafficPolicy)."""
+        return self.local if sp.external_policy_local else self.cluster
+
+    @property
+    def when_none_usable(self) -> str:
+        """What traffic that finds no endpoint gets: "drop" when the Service has
+        endpoints elsewhere (a Local policy with none on this node), "reject" when it
+        has none at all (ICMP unreachable / TCP RST, as kube-proxy)."""
+        return "drop" if self.has_any else "reject"
+
+    @property
+    def distinct(self) -> tuple[Endpoint, ...]:
+        """Cluster and local endpoints once each by address (the per-endpoint rules:
+        hairpin marking, affinity sets, SEP chains)."""
+        return tuple({e.address: e for e in (*self.cluster, *self.local)}.values())
+
 
 def topology_mode(endpoints: tuple[Endpoint, ...], node_name: str, zone: str) -> str:
     """Which hints to honour: PreferSameNode, PreferSameZone, or "" (none)."""
