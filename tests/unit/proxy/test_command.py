@@ -105,3 +105,36 @@ def test_once_with_bad_objects_exits_1_with_one_line(tmp_path, capsys, content, 
     rc = command.main(parse("--objects", str(f), "--hostname-override", "n1", "--once"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("svcnet proxy: ") and message in err[-1]
+
+
+class _Recorder:
+    def __init__(self, mode: str, calls: list[str], result: list[str] | Exception) -> None:
+        self.mode, self.calls, self.result = mode, calls, result
+
+    def cleanup(self) -> list[str]:
+        self.calls.append(self.mode)
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+@pytest.mark.parametrize("mode, other", [("nftables", "iptables"), ("iptables", "nftables")])
+def test_startup_removes_only_the_other_modes_rules(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                    mode: str, other: str) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr("svcnet.proxy.backend.load_backend",
+                        lambda m, o: _Recorder(m, calls, [f"{m} leftovers"]))
+    with caplog.at_level("INFO", logger="svcnet.proxy"):
+        assert command.remove_other_mode(mode, (4, 6)) == [f"{other} leftovers"]
+    assert calls == [other]
+    assert f"switched to {mode} mode: removed the {other} rules of an earlier run: {other} leftovers" in caplog.text
+
+
+def test_a_failed_removal_of_the_other_mode_is_a_warning_not_fatal(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr("svcnet.proxy.backend.load_backend",
+                        lambda m, o: _Recorder(m, calls, BackendError("iptables-nft-restore failed")))
+    with caplog.at_level("WARNING", logger="svcnet.proxy"):
+        assert command.remove_other_mode("nftables", (4,)) == []
+    assert calls == ["iptables"] and "could not remove iptables rules" in caplog.text
