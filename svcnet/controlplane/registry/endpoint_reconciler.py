@@ -157,21 +157,25 @@ class EndpointReconciler:
     async def reconcile(self) -> float:
         """One round: renew our Lease, rewrite the slice if the live set changed, delete
         expired Leases. Returns the seconds until the next round is due."""
-        await self._renew()
+        # Our own member is the Lease as just written, not as the list shows it: a list
+        # served from a watch cache that has not applied that write yet (etcd under
+        # load) would leave us out, and the round would end without writing the slice
+        # that `Registry.bootstrap` promises exists when it returns.
+        me = member_of(await self._renew())
+        if me is None:  # pragma: no cover - our own Lease always carries what member_of reads
+            raise RuntimeError(f"endpoint lease {self.identity} does not describe this server")
         now = dt.datetime.now(dt.timezone.utc)
         listed = await self.registry.list(k.LEASES, LEASE_NAMESPACE,
                                           label_selector=f"{IDENTITY_LABEL}={IDENTITY_VALUE}")
-        live: list[Member] = []
+        live: list[Member] = [me]
         for lease in listed["items"]:
             m = member_of(lease)
-            if m is None:
+            if m is None or m.name == self.identity:
                 continue
-            if m.name == self.identity or m.expires > now:
+            if m.expires > now:
                 live.append(m)
             else:
                 await self._delete_expired(lease)
-        if not any(m.name == self.identity for m in live):
-            return min(1.0, self.renew_interval)  # our own renewal is not visible yet
         body, left = desired_slice(live)
         self._warn_left_out(left, body)
         await self._write_slice(body)
@@ -217,7 +221,8 @@ class EndpointReconciler:
                      "acquireTime": acquire_time, "renewTime": now},
         }
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> Obj:
+        """Create or renew our Lease; the Lease as stored."""
         now = _format(dt.datetime.now(dt.timezone.utc))
         reg = self.registry
         try:
@@ -225,17 +230,19 @@ class EndpointReconciler:
         except APIError as err:
             if err.code != 404:
                 raise
-            await reg.create(k.LEASES, LEASE_NAMESPACE, self._lease(now, now), field_manager=MANAGER)
+            created, _ = await reg.create(k.LEASES, LEASE_NAMESPACE, self._lease(now, now),
+                                          field_manager=MANAGER)
             log.info("endpoint lease created identity=%s address=%s port=%d duration=%ds",
                      self.identity, self.address, self.port, self.lease_duration)
-            return
+            return created
         acquired = str((cur.get("spec") or {}).get("acquireTime") or now)
         new = self._lease(acquired, now)
         new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
         for key in ("uid", "creationTimestamp"):
             if key in cur["metadata"]:
                 new["metadata"][key] = cur["metadata"][key]
-        await reg.update(k.LEASES, LEASE_NAMESPACE, self.identity, new, field_manager=MANAGER)
+        renewed, _ = await reg.update(k.LEASES, LEASE_NAMESPACE, self.identity, new, field_manager=MANAGER)
+        return renewed
 
     async def _delete_expired(self, lease: Obj) -> None:
         md = lease["metadata"]

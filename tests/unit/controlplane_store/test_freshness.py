@@ -6,7 +6,7 @@ behind another API server's write does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,57 +16,10 @@ from svcnet.controlplane.registry import kinds as k
 from svcnet.controlplane.registry.allocators import ServiceAllocator
 from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.registry.watch import FRESHNESS_TIMEOUT
-from svcnet.controlplane.storage.interface import (
-    Compare, KeyValue, Op, RangeResult, Storage, TxnResult, Watch,
-)
 from svcnet.controlplane.storage.sqlite import SQLiteStorage
 
 from tests.unit.controlplane_store.conftest import svc
-
-
-class LaggingStorage(Storage):
-    """A store whose `revision` (what this API server has caught up to) stays where
-    `hold()` froze it until `release()`; reads and writes go to the real store."""
-
-    def __init__(self, inner: Storage) -> None:
-        self.inner = inner
-        self._held: int | None = None
-
-    def hold(self) -> None:
-        self._held = self.inner.revision
-
-    def release(self) -> None:
-        self._held = None
-
-    @property
-    def revision(self) -> int:
-        return self.inner.revision if self._held is None else min(self._held, self.inner.revision)
-
-    @property
-    def compact_revision(self) -> int:
-        return self.inner.compact_revision
-
-    async def get(self, key: str, revision: int = 0) -> KeyValue | None:
-        return await self.inner.get(key, revision)
-
-    async def range(self, prefix: str, *, start: str = "", revision: int = 0,
-                    limit: int = 0) -> RangeResult:
-        return await self.inner.range(prefix, start=start, revision=revision, limit=limit)
-
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
-        return await self.inner.txn(compares, ops)
-
-    def watch(self, prefix: str, start_revision: int = 0) -> Watch:
-        return self.inner.watch(prefix, start_revision)
-
-    async def compact(self, revision: int) -> None:
-        await self.inner.compact(revision)
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
+from tests.unit.controlplane_store.lagging import LaggingStorage
 
 
 @pytest.fixture
