@@ -72,6 +72,56 @@ class Backend(Protocol):
     def cleanup(self) -> list[str]: ...
 
 
+class Writer(Protocol):
+    """The kernel side of a backend (nft_writer.NftWriter, iptables_restore.RestoreWriter)."""
+
+    def write(self, ruleset: Any, full: bool) -> WriteStats: ...
+
+    def cleanup(self) -> list[str]: ...
+
+
+class PerFamilyBackend:
+    """What both backends share: the ruleset is one table per IP family (`.tables`,
+    each with `.family`), computed family by family from that family's table of the
+    previous ruleset, rendered by the ruleset itself, and written and cleaned up by a
+    `Writer`. A mode supplies `compute_table` and `assemble`."""
+
+    mode: str
+
+    def __init__(self, options: BackendOptions, writer: Writer) -> None:
+        self.options = options
+        self.writer = writer
+
+    def compute_table(self, state: ProxyState, previous: Any | None,
+                      changed: frozenset[ServicePortName] | None) -> Any:
+        raise NotImplementedError
+
+    def assemble(self, tables: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    def compute(
+        self,
+        states: Mapping[int, ProxyState],
+        previous: Any | None = None,
+        changed: frozenset[ServicePortName] | None = None,
+    ) -> Any:
+        tables = []
+        for family in sorted(states):
+            old = next((t for t in previous.tables if t.family == family), None) if previous is not None else None
+            tables.append(self.compute_table(states[family], old, changed))
+        return self.assemble(tuple(tables))
+
+    def render(self, ruleset: Any) -> str:
+        text: str = ruleset.render()
+        return text
+
+    def write(self, ruleset: Any, full: bool) -> WriteStats:
+        return self.writer.write(ruleset, full)
+
+    def cleanup(self) -> list[str]:
+        return self.writer.cleanup()
+
+
 def load_backend(mode: str, options: BackendOptions) -> Backend:
     """Import `svcnet.proxy.<mode>` and build its backend; a clear error when absent."""
     if mode not in MODES:

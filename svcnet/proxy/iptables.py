@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any, Mapping
 
-from svcnet.proxy.backend import BackendOptions, WriteStats
+from svcnet.proxy.backend import BackendOptions, PerFamilyBackend
 from svcnet.proxy.model import Endpoint, ProxyConfig, ProxyState, ServicePort, ServicePortName
 from svcnet.proxy.topology import Categorized, categorize
 
@@ -535,7 +535,7 @@ def _count(counts: dict[tuple[str, str], dict[str, int]], top: tuple[tuple[str, 
 # -- the backend ---------------------------------------------------------------------------------
 
 
-class IptablesBackend:
+class IptablesBackend(PerFamilyBackend):
     """`Backend` for iptables: compute here, write through `RestoreWriter`."""
 
     mode = "iptables"
@@ -543,31 +543,14 @@ class IptablesBackend:
     def __init__(self, options: BackendOptions) -> None:
         from svcnet.proxy.iptables_restore import RestoreWriter  # subprocess only where it is needed
 
-        self.options = options
-        self.writer = RestoreWriter(families=options.families)
+        super().__init__(options, RestoreWriter(families=options.families))
 
-    def compute(
-        self,
-        states: Mapping[int, ProxyState],
-        previous: Any | None = None,
-        changed: frozenset[ServicePortName] | None = None,
-    ) -> Ruleset:
-        prev: Ruleset | None = previous
-        tables = []
-        for family in sorted(states):
-            old = next((t for t in prev.tables if t.family == family), None) if prev is not None else None
-            tables.append(compute_family(states[family], old, changed, self.options.localhost_nodeports))
-        return Ruleset(tuple(tables))
+    def compute_table(self, state: ProxyState, previous: Any | None,
+                      changed: frozenset[ServicePortName] | None) -> FamilyRuleset:
+        return compute_family(state, previous, changed, self.options.localhost_nodeports)
 
-    def render(self, ruleset: Any) -> str:
-        rs: Ruleset = ruleset
-        return rs.render()
-
-    def write(self, ruleset: Any, full: bool) -> WriteStats:
-        return self.writer.write(ruleset, full)
-
-    def cleanup(self) -> list[str]:
-        return self.writer.cleanup()
+    def assemble(self, tables: tuple[Any, ...]) -> Ruleset:
+        return Ruleset(tables)
 
 
 def create_backend(options: BackendOptions) -> IptablesBackend:

@@ -40,7 +40,7 @@ import ipaddress
 from functools import lru_cache
 from typing import Any, Mapping
 
-from svcnet.proxy.backend import BackendOptions, WriteStats
+from svcnet.proxy.backend import BackendOptions, PerFamilyBackend
 from svcnet.proxy.model import Endpoint, ProxyState, ServicePort, ServicePortName
 from svcnet.proxy.nft_ruleset import (
     Chain,
@@ -395,7 +395,7 @@ def service_rules(sp: ServicePort, endpoints: tuple[Endpoint, ...], state: Proxy
 # -- the backend -----------------------------------------------------------------------------
 
 
-class NftablesBackend:
+class NftablesBackend(PerFamilyBackend):
     """`Backend` for nftables: compute here, write through `NftWriter`."""
 
     mode = "nftables"
@@ -403,33 +403,14 @@ class NftablesBackend:
     def __init__(self, options: BackendOptions) -> None:
         from svcnet.proxy.nft_writer import NftWriter  # the writer needs subprocess; compute does not
 
-        self.options = options
-        self.writer = NftWriter(binary=options.nft_binary, families=options.families)
+        super().__init__(options, NftWriter(binary=options.nft_binary, families=options.families))
 
-    def compute(
-        self,
-        states: Mapping[int, ProxyState],
-        previous: Any | None = None,
-        changed: frozenset[ServicePortName] | None = None,
-    ) -> Ruleset:
-        prev: Ruleset | None = previous
-        tables = []
-        for family in sorted(states):
-            old = None
-            if prev is not None:
-                old = next((t for t in prev.tables if t.family == family), None)
-            tables.append(compute_family(states[family], old, changed))
-        return Ruleset(tuple(tables))
+    def compute_table(self, state: ProxyState, previous: Any | None,
+                      changed: frozenset[ServicePortName] | None) -> FamilyRuleset:
+        return compute_family(state, previous, changed)
 
-    def render(self, ruleset: Any) -> str:
-        rs: Ruleset = ruleset
-        return rs.render()
-
-    def write(self, ruleset: Any, full: bool) -> WriteStats:
-        return self.writer.write(ruleset, full)
-
-    def cleanup(self) -> list[str]:
-        return self.writer.cleanup()
+    def assemble(self, tables: tuple[Any, ...]) -> Ruleset:
+        return Ruleset(tables)
 
 
 def create_backend(options: BackendOptions) -> NftablesBackend:
