@@ -12,7 +12,7 @@ from svcnet.controlplane.registry.allocators import ServiceAllocator
 from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.storage.sqlite import SQLiteStorage
 
-from tests.unit.controlplane_store.lagging import LaggingStorage
+from .lagging import LaggingStorage
 
 
 async def test_bootstrap_writes_the_slice_while_lease_lists_lag(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from svcnet.controlplane.registry.store import Registry
 from svcnet.controlplane.registry.watch import FRESHNESS_TIMEOUT
 from svcnet.controlplane.storage.sqlite import SQLiteStorage
 
-from tests.unit.controlplane_store.conftest import svc
-from tests.unit.controlplane_store.lagging import LaggingStorage
+from .conftest import svc
+from .lagging import LaggingStorage
 
 
 @pytest.fixture
