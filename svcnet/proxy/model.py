@@ -165,6 +165,10 @@ class ProxyConfig:
                 if net.prefixlen == 0:
                     return None
                 nets.append(net)
+        if not nets:
+            # kube-proxy: a family that --nodeport-addresses names no CIDR of (say an
+            # IPv4-only list on a dual-stack node) accepts NodePorts on all its addresses.
+            return None
         found = []
         for ip in (*self.node_ips, *self.local_addresses):
             addr = ipaddress.ip_address(ip)

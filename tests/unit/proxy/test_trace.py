@@ -204,3 +204,16 @@ def test_an_endpoint_talking_to_itself_directly_is_not_masqueraded() -> None:
     t = tracer(objs)
     _row(t, "127.0.0.1", "tcp", "127.0.0.1", 6443, ACCEPT, [], False, from_node=True)
     _row(t, NODE_IP, "tcp", "10.96.0.1", 443, DNAT, ["127.0.0.1:6443"], True, from_node=True)
+
+
+def test_nodeport_addresses_of_the_other_family_only_mean_every_local_address() -> None:
+    """kube-proxy filters --nodeport-addresses per family; a family left with no CIDR
+    matches every local address of that family (never loopback)."""
+    from svcnet.proxy.model import ProxyConfig
+
+    v6 = ProxyConfig(family=6, node_name="n1", node_ips=("fd00::2",),
+                     nodeport_addresses=("10.0.0.0/8",), local_addresses=("fd00::2", "::1"))
+    assert v6.nodeport_ips() is None
+    v4 = ProxyConfig(family=4, node_name="n1", node_ips=("10.0.0.1",),
+                     nodeport_addresses=("10.0.0.0/8",), local_addresses=("10.0.0.1", "192.168.1.1"))
+    assert v4.nodeport_ips() == ("10.0.0.1",)
