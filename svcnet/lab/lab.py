@@ -3,7 +3,9 @@ command line a person would type.
 
     Preparing nodes            namespaces, underlay bridge, routes (plan.py)
     Starting control plane     svcnet apiserver + controller-manager + lab loadbalancer on the
-                               control-plane node, a port forward to 127.0.0.1 for kubectl
+                               control-plane node, a port forward to 127.0.0.1 for kubectl;
+                               with `controlPlane: {etcd: 3, apiservers: 2}`, etcd members and
+                               apiservers in namespaces of their own (control_plane.py)
     Starting node agents       svcnet node-agent on every node; waits for Nodes Ready
     Starting proxies           svcnet proxy --proxy-mode <mode> on every node
     Installing DNS             kube-dns Service (clusterDNS) + svcnet/dns Deployment; waits Ready
@@ -176,33 +178,15 @@ class LabUp:
         with self.status.step(f"Preparing nodes 📦 ({len(topo.nodes)} nodes, underlay {topo.networking.underlay_subnet})"):
             await apply_plan(lab_network_plan(topo), self.state, owner="lab")
 
-        cp = topo.control_plane
         net = topo.networking
-        with self.status.step("Starting control plane 🕹️"):
-            self.start("apiserver", cp.name, self.svcnet(
-                "apiserver", "--data-dir", str(self.paths.dir / "apiserver"),
-                # All addresses: components on the control-plane node talk to it over
-                # 127.0.0.1, so their connections never look like a pod reaching itself
-                # through a Service (the `kubernetes` endpoint is this node's own IP).
-                "--listen", f"0.0.0.0:{topo.apiserver_port}",
-                "--kubeconfig-out", str(self.paths.admin_kubeconfig),
-                "--service-cidr", str(net.service_subnet),
-                "--node-port-range", f"{net.node_port_range[0]}-{net.node_port_range[1]}",
-                "--advertise-address", str(cp.underlay_ip)))
-            await self.wait_for("the apiserver to write its kubeconfig", self.paths.admin_kubeconfig.exists,
-                                ["apiserver"])
-            port_file = self.paths.dir / "apiserver.port"
-            self.start("portforward", None, [self.python, "-m", "svcnet.lab.portforward", "--listen", "127.0.0.1:0",
-                                             "--netns", cp.name, "--to", f"127.0.0.1:{topo.apiserver_port}",
-                                             "--port-file", str(port_file)])
-            await self.wait_for("the apiserver port forward", port_file.exists, ["portforward"])
-            self._write_host_kubeconfig(int(port_file.read_text()))
-            self._write_kubeconfig(self.paths.local_kubeconfig, f"https://127.0.0.1:{topo.apiserver_port}")
-            self.start("controller-manager", cp.name, self.svcnet(
-                "controller-manager", "--kubeconfig", str(self.paths.local_kubeconfig)))
-            self.start("loadbalancer", cp.name, self.svcnet(
-                "lab", "loadbalancer", "--kubeconfig", str(self.paths.local_kubeconfig),
-                "--pool", str(net.load_balancer_pool)))
+        if topo.control_plane_spec.ha:
+            await self._start_ha_control_plane()
+        else:
+            await self._start_control_plane()
+        # LoadBalancer Services get their IPs from the lab's controller, on the control-plane node.
+        self.start("loadbalancer", topo.control_plane.name, self.svcnet(
+            "lab", "loadbalancer", "--kubeconfig", self._kubeconfig_for(topo.control_plane),
+            "--pool", str(net.load_balancer_pool)))
 
         from svcnet.apiclient.client import RestClient
 
@@ -246,6 +230,87 @@ class LabUp:
                 with self.status.step(f"Applying {manifest.name} 📜"):
                     self.kubectl_apply(str(manifest))
 
+    async def _start_control_plane(self) -> None:
+        """One apiserver on SQLite, in the control-plane node (the default)."""
+        topo = self.topo
+        cp = topo.control_plane
+        net = topo.networking
+        with self.status.step("Starting control plane 🕹️"):
+            self.start("apiserver", cp.name, self.svcnet(
+                "apiserver", "--data-dir", str(self.paths.dir / "apiserver"),
+                # All addresses: components on the control-plane node talk to it over
+                # 127.0.0.1, so their connections never look like a pod reaching itself
+                # through a Service (the `kubernetes` endpoint is this node's own IP).
+                "--listen", f"0.0.0.0:{topo.apiserver_port}",
+                "--kubeconfig-out", str(self.paths.admin_kubeconfig),
+                "--service-cidr", str(net.service_subnet),
+                "--node-port-range", f"{net.node_port_range[0]}-{net.node_port_range[1]}",
+                "--advertise-address", str(cp.underlay_ip)))
+            await self.wait_for("the apiserver to write its kubeconfig", self.paths.admin_kubeconfig.exists,
+                                ["apiserver"])
+            port_file = self.paths.dir / "apiserver.port"
+            self.start("portforward", None, [self.python, "-m", "svcnet.lab.portforward", "--listen", "127.0.0.1:0",
+                                             "--netns", cp.name, "--to", f"127.0.0.1:{topo.apiserver_port}",
+                                             "--port-file", str(port_file)])
+            await self.wait_for("the apiserver port forward", port_file.exists, ["portforward"])
+            self._write_host_kubeconfig(int(port_file.read_text()))
+            self._write_kubeconfig(self.paths.local_kubeconfig, f"https://127.0.0.1:{topo.apiserver_port}")
+            self.start("controller-manager", cp.name, self.svcnet(
+                "controller-manager", "--kubeconfig", str(self.paths.local_kubeconfig)))
+
+    async def _start_ha_control_plane(self) -> None:
+        """etcd members and apiservers each in their own namespace (control_plane.py)."""
+        from svcnet.lab import control_plane as cpl
+
+        topo = self.topo
+        spec = topo.control_plane_spec
+        etcd, apiservers = spec.of("etcd"), spec.of("apiserver")
+        with self.status.step(f"Starting etcd ({len(etcd)} members) 🗄️"):
+            for m in etcd:
+                data_dir = self.paths.dir / "etcd" / m.name
+                # Journaled before etcd creates it, so `down` removes it even if `up` stops here.
+                self.state.record(Record("tree", str(data_dir), owner="lab"))
+                data_dir.parent.mkdir(parents=True, exist_ok=True)
+                self.start(f"etcd-{m.name}", m.name, cpl.etcd_argv(topo, m, data_dir, self.paths.log(f"etcd-{m.name}")))
+            await self.wait_for("etcd to have a leader", self._etcd_healthy, [f"etcd-{m.name}" for m in etcd])
+
+        with self.status.step(f"Starting control plane ({len(apiservers)} apiservers) 🕹️"):
+            pki_dir = self.paths.dir / "pki"
+            outs = []
+            for m in apiservers:
+                out = self.paths.dir / f"{m.name}.kubeconfig"
+                outs.append(out)
+                self.start(f"apiserver-{m.name}", m.name, self.svcnet(*cpl.apiserver_argv(
+                    topo, m, self.paths.dir / m.name, pki_dir, out)))
+                # One at a time: two servers bootstrapping the same empty store together
+                # race on creating the default namespaces (the loser exits with AlreadyExists).
+                await self.wait_for(f"{m.name} to write its kubeconfig", out.exists,
+                                    [f"apiserver-{m.name}"] + [f"etcd-{e.name}" for e in etcd])
+            # The first one's kubeconfig lists every apiserver (svcnet.io/servers): the agents' copy.
+            self.paths.admin_kubeconfig.write_bytes(outs[0].read_bytes())
+            os.chmod(self.paths.admin_kubeconfig, 0o600)
+            port_file = self.paths.dir / "apiserver.port"
+            self.start("apiserver-lb", None, [
+                self.python, "-m", "svcnet.lab.control_plane", "--listen", "127.0.0.1:0",
+                "--netns", topo.control_plane.name, "--port-file", str(port_file),
+                *(a for m in apiservers for a in ("--to", f"{m.underlay_ip}:{topo.apiserver_port}"))])
+            await self.wait_for("the apiserver load balancer", port_file.exists, ["apiserver-lb"])
+            self._write_host_kubeconfig(int(port_file.read_text()))
+            for m in apiservers:  # kubeadm's stacked control plane: one beside each apiserver
+                self.start(f"controller-manager-{m.name}", m.name, self.svcnet(
+                    "controller-manager", "--kubeconfig", str(self.paths.admin_kubeconfig), "--leader-elect"))
+
+    async def _etcd_healthy(self) -> bool:
+        """etcd's /health answers 200 once the member has a leader; asked on the underlay."""
+        from svcnet.lab.agent.podspec import ProbeSpec
+        from svcnet.lab.agent.probes import run_probe
+        from svcnet.lab import control_plane as cpl
+
+        spec = ProbeSpec("http", port=cpl.ETCD_CLIENT_PORT, path="/health", timeout=2)
+        members = self.topo.control_plane_spec.of("etcd")
+        results = [await run_probe(spec, str(m.underlay_ip), "", node_netns=m.name) for m in members]
+        return all(r.ok for r in results)
+
     def kubectl_apply(self, path: str, stdin: str | None = None) -> None:
         cmd = ["kubectl", "--kubeconfig", str(self.paths.kubeconfig), "apply", "-f", path]
         r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
@@ -285,7 +350,8 @@ class LabUp:
         return len(ready) >= self.topo.dns_replicas
 
     def _kubeconfig_for(self, node: Any) -> str:
-        if node.role == "control-plane":
+        # With several apiservers every agent takes the kubeconfig listing them all.
+        if node.role == "control-plane" and not self.topo.control_plane_spec.ha:
             return str(self.paths.local_kubeconfig)
         return str(self.paths.admin_kubeconfig)
 

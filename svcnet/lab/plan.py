@@ -14,6 +14,9 @@ The underlay, for a control-plane node and two workers:
                             routes: the other nodes' podCIDRs via their eth0 address
                             pods:   veth<hash> 10.244.X.1/32 ──► pod eth0 10.244.X.Y/32
     netns <lab>-external:   eth0 172.18.0.254/24; loadBalancerPool via every node (ECMP)
+    netns <lab>-etcd1 …     with `controlPlane: {etcd: 3, apiservers: 2}`: one namespace
+    netns <lab>-apiserver1 …  per member, eth0 on the bridge (addresses after the nodes');
+                            apiservers route the podCIDRs via the nodes, to answer pods
 
 Pods are routed, not bridged (like the CNI ptp plugin and Calico): the node side of
 every pod veth holds the podCIDR's first address as a /32, the pod holds its own
@@ -182,6 +185,15 @@ def lab_network_plan(topo: Topology) -> list[Step]:
         for other in topo.nodes:
             if other is not node:
                 steps.append(RouteAdd(node.name, str(other.pod_cidr), via=str(other.underlay_ip)))
+
+    # An HA control plane: every etcd member and apiserver in its own namespace on
+    # the bridge. Apiservers answer pods (the `kubernetes` Service DNATs to them), so
+    # they, like the nodes, route each podCIDR via its node.
+    for member in topo.control_plane_spec.members:
+        attach(member.name, str(member.underlay_ip), member.role)
+        if member.role == "apiserver":
+            for node in topo.nodes:
+                steps.append(RouteAdd(member.name, str(node.pod_cidr), via=str(node.underlay_ip)))
 
     ext = names.external_netns
     attach(ext, str(topo.external_ip), "external")

@@ -15,6 +15,9 @@
       - role: worker
     manifests: [web.yaml]        # applied after the cluster is Ready (relative paths
                                  # are relative to this file)
+    controlPlane:                # optional; default: one apiserver on SQLite
+      apiservers: 2              # each in its own namespace on the underlay
+      etcd: 3                    # etcd members, each in its own namespace (0: SQLite)
 
 Loading checks everything up front and names the offending key, so a typo fails
 before any namespace exists. The model is frozen data; addresses are derived here
@@ -33,7 +36,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from svcnet.lab.names import LabNameError, LabNames, validate_lab_name
+from svcnet.lab.names import LabNameError, LabNames, netns_name, validate_lab_name
 
 IPv4Net = ipaddress.IPv4Network
 IPv4Addr = ipaddress.IPv4Address
@@ -76,6 +79,33 @@ class Node:
 
 
 @dataclass(frozen=True)
+class ControlPlaneMember:
+    """An etcd member or an apiserver of an HA control plane: its own namespace on
+    the underlay (`<lab>-etcd1`, `<lab>-apiserver2`), addressed after the nodes."""
+
+    name: str  # the namespace
+    role: str  # "etcd" or "apiserver"
+    index: int  # 1-based within its role
+    underlay_ip: IPv4Addr
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    apiservers: int = 1
+    etcd: int = 0  # 0: the apiserver's own SQLite store, in the control-plane node
+    members: tuple[ControlPlaneMember, ...] = ()
+
+    @property
+    def ha(self) -> bool:
+        """Members run in their own namespaces (etcd storage); else the single
+        apiserver runs in the control-plane node, as before."""
+        return self.etcd > 0
+
+    def of(self, role: str) -> tuple[ControlPlaneMember, ...]:
+        return tuple(m for m in self.members if m.role == role)
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     proxy_mode: str
@@ -86,6 +116,7 @@ class Topology:
     apiserver_port: int = 6443
     manifests: tuple[Path, ...] = ()
     source: Path | None = None
+    control_plane_spec: ControlPlane = ControlPlane()
 
     @property
     def names(self) -> LabNames:
@@ -106,7 +137,9 @@ class Topology:
 # --- loading -----------------------------------------------------------------
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_TOP_KEYS = {"name", "proxyMode", "networking", "nodes", "manifests", "dns", "apiserver"}
+_TOP_KEYS = {"name", "proxyMode", "networking", "nodes", "manifests", "dns", "apiserver", "controlPlane"}
+_CP_KEYS = {"apiservers", "etcd"}
+ETCD_SIZES = (0, 1, 3, 5)  # a member count etcd can keep a quorum with (0: SQLite)
 _NET_KEYS = {"podSubnet", "nodeMaskSize", "serviceSubnet", "clusterDNS", "dnsDomain",
              "underlaySubnet", "loadBalancerPool", "nodePortRange"}
 _NODE_KEYS = {"role", "name", "labels"}
@@ -205,11 +238,12 @@ def parse_topology(text: str, origin: str = "<topology>", base_dir: Path | None 
     port = r.int_in("apiserver.port", apiserver.get("port"), 6443, 1, 65535)
 
     manifests = _manifests(r, data.get("manifests"), base_dir)
+    cp = _control_plane(r, name, networking, nodes, external_ip, data.get("controlPlane"))
     if r.errors:
         raise TopologyError("\n".join(r.errors))
     return Topology(name=name, proxy_mode=str(proxy_mode), networking=networking, nodes=nodes,
                     external_ip=external_ip, dns_replicas=dns_replicas, apiserver_port=port,
-                    manifests=manifests, source=None)
+                    manifests=manifests, source=None, control_plane_spec=cp)
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -326,6 +360,48 @@ def _nodes(r: _Reader, lab: str, net: Networking, raw: Any) -> tuple[tuple[Node,
     if any(n.underlay_ip == external for n in nodes):
         r.fail("nodes", f"too many nodes for underlaySubnet {net.underlay_subnet}")
     return tuple(nodes), external
+
+
+def _control_plane(r: _Reader, lab: str, net: Networking, nodes: tuple[Node, ...],
+                   external: IPv4Addr, raw: Any) -> ControlPlane:
+    if raw is None:
+        return ControlPlane()
+    if not isinstance(raw, dict):
+        r.fail("controlPlane", "expected a mapping like {apiservers: 2, etcd: 3}")
+        return ControlPlane()
+    r.check_keys("controlPlane.", raw, _CP_KEYS)
+    apiservers = r.int_in("controlPlane.apiservers", raw.get("apiservers"), 1, 1, 5)
+    etcd = r.int_in("controlPlane.etcd", raw.get("etcd"), 0, 0, 5)
+    if etcd not in ETCD_SIZES:
+        # An even count tolerates no more failures than the odd one below it.
+        r.fail("controlPlane.etcd", f"{etcd}: expected one of {', '.join(map(str, ETCD_SIZES))}")
+        return ControlPlane()
+    if apiservers > 1 and etcd == 0:
+        r.fail("controlPlane.apiservers", f"{apiservers} apiservers need shared storage: set controlPlane.etcd "
+               "(1, 3 or 5); SQLite belongs to one apiserver")
+        return ControlPlane()
+    if etcd == 0:
+        return ControlPlane(apiservers, 0)
+    # Members take the underlay addresses after the nodes', so node addresses never
+    # depend on the control plane's shape.
+    hosts = _hosts(net.underlay_subnet)
+    used = {n.underlay_ip for n in nodes} | {external}
+    free = (ip for ip in hosts if ip not in used)
+    names = LabNames(lab) if _valid(lab) else LabNames("svcnet")
+    node_names = {n.name for n in nodes}
+    members: list[ControlPlaneMember] = []
+    for role, count in (("etcd", etcd), ("apiserver", apiservers)):
+        for i in range(1, count + 1):
+            ip = next(free, None)
+            if ip is None or ip > external:
+                r.fail("controlPlane", f"underlaySubnet {net.underlay_subnet} has no address left for {role} {i}")
+                return ControlPlane()
+            ns = netns_name(names.lab, f"{role}{i}")
+            if ns in node_names:
+                r.fail("controlPlane", f"{ns!r} is also a node's name; rename the node")
+                return ControlPlane()
+            members.append(ControlPlaneMember(ns, role, i, ip))
+    return ControlPlane(apiservers, etcd, tuple(members))
 
 
 def _valid(lab: str) -> bool:
