@@ -388,6 +388,9 @@ class LabUp:
             "underlay": self.names.underlay_netns,
             "loadBalancerPool": str(t.networking.load_balancer_pool),
             "clusterDNS": str(t.networking.cluster_dns),
+            "controlPlane": {"apiservers": t.control_plane_spec.apiservers, "etcd": t.control_plane_spec.etcd,
+                             "members": [{"netns": m.name, "role": m.role, "ip": str(m.underlay_ip)}
+                                         for m in t.control_plane_spec.members]},
         }
         self.paths.meta.write_text(json.dumps(meta, indent=2) + "\n")
 
