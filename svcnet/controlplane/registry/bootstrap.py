@@ -62,14 +62,44 @@ async def bootstrap(reg: Registry, apiserver_ip: str, apiserver_port: int) -> No
 
 async def _ensure(reg: Registry, kind: KindInfo, namespace: str | None, obj: Obj,
                   fix: Callable[[Obj], Obj | None]) -> None:
+    """Create `obj` or repair it with `fix`. Several apiservers bootstrap one store at
+    once (HA on etcd): losing a create race (AlreadyExists, or Invalid for an IP a peer just took) or an update race
+    (409 Conflict) to a peer only means reading again and rechecking."""
     name = obj["metadata"]["name"]
+    for _ in range(5):
+        try:
+            cur = await reg.get(kind, namespace, name)
+        except APIError as err:
+            if err.code != 404:
+                raise
+            try:
+                await reg.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
+                return
+            except APIError:
+                # A peer's create won: AlreadyExists, or for the `kubernetes` Service
+                # an Invalid "IP already allocated". Either way, reread; a failure
+                # with no peer object behind it is real and goes up.
+                if not await _exists(reg, kind, namespace, name):
+                    raise
+                continue
+        new = fix(cur)
+        if new is None:
+            return
+        try:
+            await reg.update(kind, namespace, name, new, field_manager="kube-apiserver")
+            return
+        except APIError as race:
+            if race.code != 409:
+                raise
+    raise APIError(409, "Conflict", f"bootstrap could not settle {kind.plural} {name!r}: "
+                                    "it kept changing under concurrent apiservers")
+
+
+async def _exists(reg: Registry, kind: KindInfo, namespace: str | None, name: str) -> bool:
     try:
-        cur = await reg.get(kind, namespace, name)
+        await reg.get(kind, namespace, name)
+        return True
     except APIError as err:
-        if err.code != 404:
-            raise
-        await reg.create(kind, namespace, copy.deepcopy(obj), field_manager="kube-apiserver")
-        return
-    new = fix(cur)
-    if new is not None:
-        await reg.update(kind, namespace, name, new, field_manager="kube-apiserver")
+        if err.code == 404:
+            return False
+        raise

@@ -4,6 +4,7 @@ reconciler counts its own Lease as written, not as a possibly stale list shows i
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from svcnet.controlplane.registry import codec
@@ -33,3 +34,21 @@ async def test_bootstrap_writes_the_slice_while_lease_lists_lag(tmp_path: Path) 
         assert lease["spec"]["holderIdentity"] == "apiserver-192.0.2.10-6443"
     finally:
         await reg.close()
+
+
+async def test_two_apiservers_bootstrapping_one_store_at_once(tmp_path: Path) -> None:
+    """HA: two apiservers bootstrap one empty store at the same moment; the loser of
+    each create race rereads instead of exiting with `namespaces "default" already
+    exists`."""
+    storage = await SQLiteStorage.open(tmp_path / "data")
+    a = await Registry.with_storage(storage, ServiceAllocator("10.96.0.0/12", "30000-32767"))
+    b = await Registry.with_storage(storage, ServiceAllocator("10.96.0.0/12", "30000-32767"))
+    try:
+        await asyncio.gather(a.bootstrap("192.0.2.10", 6443), b.bootstrap("192.0.2.11", 6443))
+        names = {o["metadata"]["name"] for o in (await a.list(k.NAMESPACES, None))["items"]}
+        assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= names
+        kube = await b.get(k.SERVICES, "default", "kubernetes")
+        assert kube["spec"]["ports"][0]["port"] == 443
+    finally:
+        await b.close()
+        await a.close()
