@@ -30,6 +30,7 @@ from typing import Sequence
 
 from svcnet.common.endpoints import parse_host_port
 from svcnet.controlplane.storage.etcd_process import EtcdMember
+from svcnet.lab.portforward import pipe
 from svcnet.lab.topology import ControlPlaneMember, Topology
 
 log = logging.getLogger("svcnet.lab.control_plane")
@@ -82,20 +83,6 @@ def apiserver_argv(topo: Topology, m: ControlPlaneMember, data_dir: Path, pki_di
 
 # --- the apiserver load balancer ------------------------------------------------------
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        try:
-            writer.close()
-        except OSError:
-            pass
-
-
 class Failover:
     """Targets in order of preference; the one that last accepted is tried first, so
     a dead server costs one refused (or timed out) connect, not one per connection."""
@@ -135,7 +122,7 @@ async def serve(listener: socket.socket, failover: Failover) -> None:
             log.warning("%s", e)
             w.close()
             return
-        await asyncio.gather(_pipe(r, uw), _pipe(ur, w))
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
 
     server = await asyncio.start_server(handle, sock=listener)
     async with server:

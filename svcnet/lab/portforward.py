@@ -25,7 +25,10 @@ from svcnet.common.endpoints import parse_host_port
 log = logging.getLogger("svcnet.lab.portforward")
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy `reader` to `writer` until EOF or an error, then close `writer` (which
+    ends the opposite direction's pipe too: a forwarded connection closes whole).
+    Shared with the HA apiserver load balancer (control_plane.py)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
@@ -47,7 +50,7 @@ async def serve(listener: socket.socket, host: str, port: int) -> None:
             log.warning("cannot reach %s:%d: %s", host, port, e)
             w.close()
             return
-        await asyncio.gather(_pipe(r, uw), _pipe(ur, w))
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
 
     server = await asyncio.start_server(handle, sock=listener)
     async with server:

@@ -2,7 +2,11 @@
 
 1. processes: the recorded ones (pid *and* start time must match, so a recycled pid
    is left alone) and any process still running inside one of the recorded
-   namespaces (a pod whose agent crashed). SIGTERM, a grace period, then SIGKILL.
+   namespaces (a pod whose agent crashed). SIGTERM, a grace period, then SIGKILL,
+   and a bounded wait until a SIGKILLed process is really gone. etcd members go
+   last and one at a time, after their clients (apiservers, agents): a leader
+   stopping hands leadership to a live peer first (etcd's Stop), which hangs past
+   any grace when its peers are being stopped at the same moment.
 2. links, newest first (a veth's peer may sit in a namespace we do not own).
 3. namespaces, newest first (their routes, rules and conntrack entries go with them).
 4. files, then directories (only if empty: we never remove what we did not write).
@@ -50,6 +54,14 @@ def _alive(pid: int, start_time: int) -> bool:
     return state != "Z"
 
 
+KILL_WAIT = 5.0  # after SIGKILL: only a task stuck in the kernel (D state) takes this long
+
+
+def is_etcd(name: str) -> bool:
+    """A recorded etcd member (the lab records them as `etcd-<namespace>`)."""
+    return name.startswith("etcd-")
+
+
 def processes_in_netns(inodes: set[int]) -> list[tuple[int, int]]:
     """(pid, start time) of every process whose network namespace is one of `inodes`."""
     found = []
@@ -70,21 +82,38 @@ def processes_in_netns(inodes: set[int]) -> list[tuple[int, int]]:
 
 async def stop_processes(targets: list[tuple[int, int, str]], grace: float,
                          report: TeardownReport | None = None) -> None:
-    """SIGTERM each (pid, start time, label), wait up to `grace` seconds, then SIGKILL."""
+    """SIGTERM each (pid, start time, label), wait up to `grace` seconds, then SIGKILL
+    what is left and wait (at most KILL_WAIT) until it is gone."""
     live = [(p, s, n) for p, s, n in targets if _alive(p, s)]
     for pid, _, name in live:
         _signal(pid, signal.SIGTERM)
         log.debug("SIGTERM pid=%d name=%s", pid, name)
-    deadline = time.monotonic() + grace
-    while live and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        live = [t for t in live if _alive(t[0], t[1])]
+    live = await _wait_gone(live, grace)
     for pid, start, name in live:
         log.warning("pid %d (%s) ignored SIGTERM for %.0fs: SIGKILL", pid, name, grace)
         _signal(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: a namespace or directory removed next may
+    # still be in use until the kernel has finished the process.
+    stuck = {pid for pid, _, _ in await _wait_gone(live, KILL_WAIT)}
     for pid, _, name in targets:
-        if report is not None:
+        if pid in stuck:
+            log.error("pid %d (%s) still running %.0fs after SIGKILL", pid, name, KILL_WAIT)
+            if report is not None:
+                report.errors.append(f"process {name} (pid {pid}) survived SIGKILL")
+        elif report is not None:
             report.removed.append(f"process {name} (pid {pid})")
+
+
+async def _wait_gone(live: list[tuple[int, int, str]], timeout: float) -> list[tuple[int, int, str]]:
+    """Poll until none of `live` runs or `timeout` passes; what still runs. (A pidfd
+    would not help much: these are rarely our children, and the start time check
+    is what guards against a recycled pid.)"""
+    deadline = time.monotonic() + timeout
+    live = [t for t in live if _alive(t[0], t[1])]
+    while live and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        live = [t for t in live if _alive(t[0], t[1])]
+    return live
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -120,7 +149,12 @@ async def teardown(state: StateFile, grace: float = 5.0, dry_run: bool = False,
         if dry_run:
             report.removed += [f"would stop process {n} (pid {p})" for p, _, n in targets]
             break
-        await stop_processes(targets, grace, report)
+        # Clients first, all at once; then the etcd members one by one, so that each
+        # stops while the others are still up to take over leadership.
+        await stop_processes([t for t in targets if not is_etcd(t[2])], grace, report)
+        for t in targets:
+            if is_etcd(t[2]):
+                await stop_processes([t], grace, report)
 
     # 2. links, newest first
     for rec in reversed(by_kind.get("link", [])):
