@@ -278,12 +278,13 @@ class LabUp:
             pki_dir = self.paths.dir / "pki"
             outs = []
             for m in apiservers:
+                # All at once, as a real HA control plane boots: bootstrapping one empty
+                # store together is safe (the registry rereads after losing a race).
                 out = self.paths.dir / f"{m.name}.kubeconfig"
                 outs.append(out)
                 self.start(f"apiserver-{m.name}", m.name, self.svcnet(*cpl.apiserver_argv(
                     topo, m, self.paths.dir / m.name, pki_dir, out)))
-                # One at a time: two servers bootstrapping the same empty store together
-                # race on creating the default namespaces (the loser exits with AlreadyExists).
+            for m, out in zip(apiservers, outs):
                 await self.wait_for(f"{m.name} to write its kubeconfig", out.exists,
                                     [f"apiserver-{m.name}"] + [f"etcd-{e.name}" for e in etcd])
             # The first one's kubeconfig lists every apiserver (svcnet.io/servers): the agents' copy.
