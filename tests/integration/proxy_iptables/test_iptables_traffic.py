@@ -253,6 +253,12 @@ def test_ipv6_cluster_ip_through_ip6tables(tmp_path: Path) -> None:
             p = pool.popen(where[name], PY, str(Path(__file__).parents[1] / "proxy" / "echo_server.py"), name,
                            "8080", "8053", "::", stdout=subprocess.PIPE, text=True)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        # Fresh IPv6 links resolve neighbours lazily; a first SYN lost to that is not
+        # the proxy's doing, so wait until the client reaches each pod directly.
+        for ip in pods.values():
+            connect = f"import socket; socket.create_connection(('{ip}', 8080), timeout=1).close()"
+            wait_for(lambda: pool.run(where["client"], PY, "-c", connect, check=False).returncode == 0,
+                     10, lambda: f"client cannot reach {ip} directly")
         objs = [svc("web6", "fd00:96::10", ("tcp", 80, "TCP"), clusterIPs=["fd00:96::10"], ipFamilies=["IPv6"]),
                 eps("web6", ep(pods["pod1"]), ep(pods["pod2"]), ports=(("tcp", 8080, "TCP"),), family="IPv6")]
         lab = ProxyLab.__new__(ProxyLab)
