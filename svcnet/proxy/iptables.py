@@ -255,34 +255,12 @@ def probability(n: int) -> str:
 def nodeport_destinations(cfg: ProxyConfig, localhost: bool) -> tuple[str, ...] | None:
     """Addresses that accept NodePorts in iptables mode; None = every local address.
 
-    kube-proxy's NodePortAddresses: CIDRs of this family select the node's addresses
-    in them; none of this family (or a /0) means all. Loopback counts only for IPv4
-    with localhost NodePorts (IPv6 never routes ::1 off the host)."""
-    wanted = cfg.nodeport_addresses
-    if wanted == ("primary",):
-        return cfg.node_ips[:1]
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for c in wanted:
-        if c == "primary":
-            nets.extend(ipaddress.ip_network(ip) for ip in cfg.node_ips[:1])
-            continue
-        net = ipaddress.ip_network(c, strict=False)
-        if net.version == cfg.family:
-            if net.prefixlen == 0:
-                return None
-            nets.append(net)
-    if not nets:
+    An empty --nodeport-addresses means all here (nftables mode reads it as primary);
+    loopback counts only for IPv4 with localhost NodePorts (IPv6 never routes ::1 off
+    the host)."""
+    if not cfg.nodeport_addresses:
         return None
-    found: list[str] = []
-    for ip in (*cfg.node_ips, *cfg.local_addresses):
-        addr = ipaddress.ip_address(ip)
-        if ip in found or addr.version != cfg.family:
-            continue
-        if addr.is_loopback and (cfg.family == 6 or not localhost):
-            continue
-        if any(addr in n for n in nets):
-            found.append(ip)
-    return tuple(found)
+    return cfg.nodeport_ips(loopback=localhost and cfg.family == 4)
 
 
 def _wants_route_localnet(cfg: ProxyConfig, localhost: bool, dests: tuple[str, ...] | None) -> bool:

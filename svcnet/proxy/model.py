@@ -151,8 +151,12 @@ class ProxyConfig:
         nets = [n for n in map(ipaddress.ip_network, cidrs) if n.version == self.family]
         return any(ipaddress.ip_address(ip) in n for ip in self.node_ips for n in nets)
 
-    def nodeport_ips(self) -> tuple[str, ...] | None:
-        """Node addresses that accept NodePorts; None means every local address."""
+    def nodeport_ips(self, loopback: bool = False) -> tuple[str, ...] | None:
+        """Node addresses that accept NodePorts; None means every local address.
+
+        kube-proxy's NodePortAddresses, for both modes: CIDRs of this family select the
+        node's addresses in them; none of this family (or a /0) means all. Loopback
+        counts only when asked (iptables mode's localhost NodePorts, IPv4 only)."""
         if not self.nodeport_addresses or self.nodeport_addresses == ("primary",):
             return self.node_ips[:1]
         nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
@@ -166,15 +170,15 @@ class ProxyConfig:
                     return None
                 nets.append(net)
         if not nets:
-            # kube-proxy: a family that --nodeport-addresses names no CIDR of (say an
-            # IPv4-only list on a dual-stack node) accepts NodePorts on all its addresses.
+            # a family that --nodeport-addresses names no CIDR of (say an IPv4-only
+            # list on a dual-stack node) accepts NodePorts on all its addresses
             return None
-        found = []
+        found: list[str] = []
         for ip in (*self.node_ips, *self.local_addresses):
             addr = ipaddress.ip_address(ip)
-            if addr.is_loopback or ip in found:
-                continue  # NodePorts are never on loopback in nftables mode
-            if any(addr in n for n in nets if n.version == addr.version):
+            if ip in found or addr.version != self.family or (addr.is_loopback and not loopback):
+                continue
+            if any(addr in n for n in nets):
                 found.append(ip)
         return tuple(found)
 
