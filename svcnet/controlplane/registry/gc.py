@@ -16,6 +16,7 @@ import json
 import logging
 from collections import defaultdict
 
+from svcnet.common.tasks import cancel_and_wait
 from svcnet.controlplane.registry.codec import KEY_ROOT
 from svcnet.controlplane.storage.interface import CompactedError, KeyValue, Storage, WatchClosed
 
@@ -58,12 +59,7 @@ class OwnerIndex:
         return page.revision + 1
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
 
     def _put(self, kv: KeyValue) -> None:
         self._drop(kv.key)

@@ -40,6 +40,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
+from svcnet.common.tasks import cancel_and_wait
 from svcnet.controlplane.errors import (
     APIError, already_exists, bad_request, conflict, gone, not_found,
 )
@@ -169,11 +170,7 @@ class Registry:
             except (Exception, asyncio.TimeoutError) as err:
                 log.warning("could not remove this apiserver's endpoint: %s", err)
             self._endpoints = None
-        for task in [*self._tasks, *self._gc_tasks]:
-            task.cancel()
-        for task in [*self._tasks, *self._gc_tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks, *self._gc_tasks)
         self._tasks.clear()
         await self.owners.stop()
         await self.storage.close()

@@ -47,6 +47,7 @@ from typing import Any
 
 import aiohttp
 
+from svcnet.common.tasks import cancel_and_wait
 from svcnet.controlplane.storage import DEFAULT_ETCD_PREFIX, check_etcd_prefix
 from svcnet.controlplane.storage.etcd_cache import WatchCache
 from svcnet.controlplane.storage.etcd_client import (
@@ -140,12 +141,7 @@ class EtcdStorage(Storage):
         if self._closed:
             return
         self._closed = True
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            try:
-                await self._watch_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._watch_task)
         self.cache.close()
         await self.client.close()
 
